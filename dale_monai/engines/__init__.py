@@ -1,0 +1,3 @@
+from .utils import DALEEvents, DALEKeys
+
+__all__ = ["DALEEvents", "DALEKeys"]

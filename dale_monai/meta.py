@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ __all__ = [
     "OmegaMetaStep",
     "virtual_norm_mode",
     "network_closures",
+    "logits_of",
     "METHODS",
     "REDUCTIONS",
 ]
@@ -65,6 +66,14 @@ def virtual_norm_mode(network: nn.Module) -> Iterator[None]:
             module.running_mean, module.running_var = mean, var
 
 
+def logits_of(output: Tensor | Sequence[Tensor]) -> Tensor:
+    """The logits tensor of a network's output; networks such as MONAI's ``BasicUNetPlusPlus`` return a
+    list whose first element is the full-resolution prediction (the rest are deep-supervision heads)."""
+    if isinstance(output, (list, tuple)):
+        return output[0]
+    return output
+
+
 def network_closures(
     network: nn.Module,
     fuzzy_inputs: Tensor,
@@ -83,10 +92,10 @@ def network_closures(
     """
 
     def fuzzy_map(params: ParamDict) -> Tensor:
-        return fuzzy_map_fn(torch.func.functional_call(network, dict(params), (fuzzy_inputs,)))
+        return fuzzy_map_fn(logits_of(torch.func.functional_call(network, dict(params), (fuzzy_inputs,))))
 
     def nonfuzzy_loss(params: ParamDict) -> Tensor:
-        return nonfuzzy_loss_fn(torch.func.functional_call(network, dict(params), (nonfuzzy_inputs,)))
+        return nonfuzzy_loss_fn(logits_of(torch.func.functional_call(network, dict(params), (nonfuzzy_inputs,))))
 
     return fuzzy_map, nonfuzzy_loss
 

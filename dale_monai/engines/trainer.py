@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from ..meta import OmegaMetaStep, network_closures, virtual_norm_mode
+from ..meta import OmegaMetaStep, logits_of, network_closures, virtual_norm_mode
 from .utils import DALEEvents, DALEKeys
 
 __all__ = ["DALETrainer", "MASK_MODES"]
@@ -193,8 +193,8 @@ class DALETrainer(SupervisedTrainer):
     def _forward(self, engine: DALETrainer, inputs: Tensor) -> Tensor:
         if engine.amp and engine.scaler is not None:
             with torch.autocast("cuda", **engine.amp_kwargs):
-                return engine.inferer(inputs, engine.network)
-        return engine.inferer(inputs, engine.network)
+                return logits_of(engine.inferer(inputs, engine.network))
+        return logits_of(engine.inferer(inputs, engine.network))
 
     def _optimizer_step(self, engine: DALETrainer, loss: Tensor) -> None:
         if engine.amp and engine.scaler is not None:

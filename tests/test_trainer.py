@@ -1,0 +1,160 @@
+"""DALETrainer: Algorithm 1 as a MONAI SupervisedTrainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.handlers import StatsHandler
+from monai.networks.nets import BasicUNetPlusPlus, UNet
+
+from dale_monai.engines import DALEEvents, DALEKeys, DALETrainer
+from dale_monai.meta import OmegaMetaStep
+
+
+def _bce(o, t):
+    return torch.nn.functional.binary_cross_entropy_with_logits(o, t, reduction="none")
+
+
+def _data(n=3, b=2, size=16, seed=0, with_masks=True):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        d = {"image": torch.randn(b, 1, size, size, generator=g),
+             "label": (torch.rand(b, 1, size, size, generator=g) > 0.5).float()}
+        if with_masks:
+            m = torch.rand(b, 1, size, size, generator=g)
+            d["mask_n"], d["mask_f"] = m, 1 - m
+        out.append(d)
+    return out
+
+
+def _trainer(net=None, data=None, epochs=1, **kw):
+    torch.manual_seed(0)
+    net = net or UNet(2, 1, 1, (4, 8), (2,), num_res_units=1, norm="batch")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    kw.setdefault("omega_step", OmegaMetaStep())
+    return DALETrainer("cpu", epochs, data or _data(), net, opt, _bce, **kw), net, opt
+
+
+def test_is_a_supervised_trainer_with_two_optimizer_steps_per_iteration():
+    trainer, net, opt = _trainer()
+    assert isinstance(trainer, SupervisedTrainer)
+    calls = []
+    step = opt.step
+    opt.step = lambda *a, **k: (calls.append(trainer.state.iteration), step(*a, **k))[1]
+    trainer.run()
+    assert trainer.state.iteration == 3
+    assert calls == [1, 1, 2, 2, 3, 3]
+
+
+def test_events_in_algorithm_order_and_monai_events_once():
+    trainer, _, _ = _trainer(data=_data(n=1))
+    seen = []
+    for e in DALEEvents:
+        trainer.add_event_handler(e, lambda _, e=e: seen.append(e.name))
+    from monai.engines.utils import IterationEvents
+
+    for e in IterationEvents:
+        trainer.add_event_handler(e, lambda _, e=e: seen.append(e.name))
+    trainer.run()
+    assert seen == ["NONFUZZY_FORWARD_COMPLETED", "NONFUZZY_COMPLETED", "FUZZY_FORWARD_COMPLETED", "FORWARD_COMPLETED",
+                    "OMEGA_COMPLETED", "LOSS_COMPLETED", "BACKWARD_COMPLETED", "FUZZY_COMPLETED", "MODEL_COMPLETED"]
+
+
+def test_output_carries_losses_and_omega_statistics():
+    trainer, _, _ = _trainer(omega_step=OmegaMetaStep(reduction="sum"))
+    trainer.run()
+    out = trainer.state.output
+    for key in (DALEKeys.LOSS_N, DALEKeys.LOSS_F, DALEKeys.OMEGA_MEAN, DALEKeys.OMEGA_BELOW_ONE,
+                DALEKeys.OMEGA_SMALL_GRAD, DALEKeys.FUZZY_FRACTION, "loss", "pred"):
+        assert key in out, key
+    torch.testing.assert_close(out["loss"], out[DALEKeys.LOSS_N] + out[DALEKeys.LOSS_F])
+    assert out[DALEKeys.OMEGA].shape == (2, 1, 16, 16)
+    assert 0 < out[DALEKeys.OMEGA_BELOW_ONE] < 1
+    assert 0.4 < out[DALEKeys.FUZZY_FRACTION] < 0.6
+
+
+def test_norm_statistics_advance_once_per_real_step():
+    trainer, net, _ = _trainer()
+    trainer.run()
+    tracked = [int(m.num_batches_tracked) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert tracked and all(t == 2 * 3 for t in tracked)
+
+
+def test_handler_terms_enter_the_fuzzy_loss():
+    trainer, _, _ = _trainer(data=_data(n=1))
+    trainer.add_event_handler(DALEEvents.OMEGA_COMPLETED,
+                              lambda e: e.state.output[DALEKeys.FUZZY_TERMS].append(torch.tensor(100.0)))
+    trainer.run()
+    out = trainer.state.output
+    expected = (out[DALEKeys.OMEGA] * out[DALEKeys.MASK_F]).mean() * 100
+    assert out[DALEKeys.LOSS_F] > expected * 0.99
+
+
+def test_without_omega_is_plain_alternating_training():
+    trainer, _, _ = _trainer(omega_step=None)
+    trainer.run()
+    assert trainer.state.output[DALEKeys.OMEGA_MEAN] == 1.0
+
+
+def test_same_seed_gives_identical_weights():
+    weights = []
+    for _ in range(2):
+        trainer, net, _ = _trainer(epochs=2)
+        trainer.run()
+        weights.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+def test_list_output_networks_and_gradient_clipping():
+    net = BasicUNetPlusPlus(2, 1, 1, features=(4, 4, 4, 4, 4, 4))
+    trainer, net, _ = _trainer(net=net, data=_data(n=1, size=32), clip_grad_norm=1e-3)
+    norms = []
+    trainer.add_event_handler(DALEEvents.NONFUZZY_COMPLETED, lambda e: norms.append(
+        torch.norm(torch.stack([p.grad.norm() for p in net.parameters() if p.grad is not None]))))
+    trainer.run()
+    assert norms and norms[0] <= 1e-3 * (1 + 1e-4)
+
+
+def test_stats_handler_and_standard_handlers_work(caplog):
+    trainer, _, _ = _trainer()
+    StatsHandler(name="dale", output_transform=lambda o: o["loss"].item(), iteration_log=True).attach(trainer)
+    epochs = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.append(e.state.epoch))
+    trainer.run()
+    assert epochs == [1]
+
+
+def test_missing_masks_say_which_transform_to_add():
+    trainer, _, _ = _trainer(data=_data(with_masks=False))
+    with pytest.raises(KeyError, match="FuzzyPartitiond"):
+        trainer.run()
+
+
+@pytest.mark.parametrize("kw,match", [(dict(mask_mode="soft"), "mask_mode"), (dict(inner_lr=-1.0), "inner_lr"),
+                                      (dict(clip_grad_norm=0.0), "clip_grad_norm")])
+def test_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _trainer(**kw)
+
+
+@pytest.mark.parametrize("mask_mode", ["paper", "weight"])
+def test_multiclass_network_uses_loss_weights(mask_mode):
+    def ce(o, t):
+        return torch.nn.functional.cross_entropy(o, t[:, 0].long(), reduction="none")[:, None]
+
+    torch.manual_seed(0)
+    net = UNet(2, 1, 3, (4, 8), (2,), num_res_units=1)
+    data = _data(n=1)
+    for d in data:
+        d["label"] = torch.randint(0, 3, d["label"].shape).float()
+    trainer = DALETrainer("cpu", 1, data, net, torch.optim.SGD(net.parameters(), lr=0.1), ce,
+                          omega_step=OmegaMetaStep(), mask_mode=mask_mode)
+    y_seen = []
+    orig = trainer.region_target
+    trainer.region_target = lambda t, m, c: y_seen.append(orig(t, m, c)) or y_seen[-1]
+    trainer.run()
+    # labels are class indices: never multiplied by a soft mask
+    assert all(torch.equal(y, data[0]["label"]) and w is not None for y, w in y_seen)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .io import DataPrepError, write_json
 
-__all__ = ["split_items", "write_datalist", "summarize_labels", "DATALIST_NAME", "SUMMARY_NAME"]
+__all__ = ["split_items", "write_datalist", "summarize_labels", "LabelSummary", "DATALIST_NAME", "SUMMARY_NAME"]
 
 DATALIST_NAME = "datalist.json"
 SUMMARY_NAME = "summary.json"
@@ -67,6 +67,45 @@ def write_datalist(out_dir: str | os.PathLike, sections: Mapping[str, Sequence[M
     return path
 
 
+class LabelSummary:
+    """Accumulates :func:`summarize_labels` one label array at a time, so large datasets need not
+    be held in memory; :meth:`as_dict` gives the same dictionary.
+
+    Args:
+        background: the background value.
+    """
+
+    def __init__(self, background: int = 0) -> None:
+        self.background = background
+        self.sizes: Counter = Counter()
+        self.values: Counter = Counter()
+        self.fractions: list[float] = []
+
+    def add(self, arr: np.ndarray) -> None:
+        """Count one label array."""
+        arr = np.asarray(arr)
+        self.sizes["x".join(map(str, arr.shape))] += 1
+        vals, counts = np.unique(arr, return_counts=True)
+        for v, c in zip(vals.tolist(), counts.tolist()):
+            self.values[int(v) if float(v).is_integer() else float(v)] += int(c)
+        self.fractions.append(float((arr != self.background).mean()) if arr.size else 0.0)
+
+    def as_dict(self) -> dict:
+        """The summary: count, image sizes, label values and lesion (foreground) fraction."""
+        fr = np.asarray(self.fractions) if self.fractions else np.zeros(0)
+        return {
+            "count": len(self.fractions),
+            "sizes": dict(self.sizes.most_common()),
+            "label_values": {str(k): v for k, v in sorted(self.values.items())},
+            "lesion_fraction": {
+                "mean": float(fr.mean()) if fr.size else 0.0,
+                "min": float(fr.min()) if fr.size else 0.0,
+                "max": float(fr.max()) if fr.size else 0.0,
+                "empty_masks": int((fr == 0).sum()),
+            },
+        }
+
+
 def summarize_labels(label_arrays: Mapping[str, np.ndarray], background: int = 0) -> dict:
     """Summarise labels: count, image sizes, label values and lesion (foreground) fraction.
 
@@ -74,25 +113,7 @@ def summarize_labels(label_arrays: Mapping[str, np.ndarray], background: int = 0
         label_arrays: case name → label array.
         background: the background value.
     """
-    sizes: Counter = Counter()
-    values: Counter = Counter()
-    fractions = []
+    acc = LabelSummary(background)
     for arr in label_arrays.values():
-        arr = np.asarray(arr)
-        sizes["x".join(map(str, arr.shape))] += 1
-        vals, counts = np.unique(arr, return_counts=True)
-        for v, c in zip(vals.tolist(), counts.tolist()):
-            values[int(v) if float(v).is_integer() else float(v)] += int(c)
-        fractions.append(float((arr != background).mean()) if arr.size else 0.0)
-    fr = np.asarray(fractions) if fractions else np.zeros(0)
-    return {
-        "count": len(label_arrays),
-        "sizes": dict(sizes.most_common()),
-        "label_values": {str(k): v for k, v in sorted(values.items())},
-        "lesion_fraction": {
-            "mean": float(fr.mean()) if fr.size else 0.0,
-            "min": float(fr.min()) if fr.size else 0.0,
-            "max": float(fr.max()) if fr.size else 0.0,
-            "empty_masks": int((fr == 0).sum()),
-        },
-    }
+        acc.add(arr)
+    return acc.as_dict()

@@ -154,15 +154,20 @@ class DALETrainer(SupervisedTrainer):
         self.clip_grad_norm = clip_grad_norm
 
     # ----------------------------------------------------------------------------------------- losses
+    @staticmethod
+    def _full_precision(pred: Tensor) -> Tensor:
+        # losses of half-precision (AMP) logits are computed in float32; float64 stays float64
+        return pred if pred.dtype in (torch.float32, torch.float64) else pred.float()
+
     def pixel_loss_map(self, pred: Tensor, target: Tensor) -> Tensor:
-        """Per-pixel loss map ℓ(pred, target), (B, 1, *spatial), float32."""
+        """Per-pixel loss map ℓ(pred, target), (B, 1, *spatial)."""
         fn = getattr(self.loss_function, "pixel_map", self.loss_function)
-        return fn(pred.float(), target)
+        return fn(self._full_precision(pred), target)
 
     def reduced_loss(self, pred: Tensor, target: Tensor, weight: Tensor | None, extra: Tensor | None = None) -> Tensor:
         """Scalar loss of a real step: mean(weight ⊙ (ℓ + extra)) (plus the loss function's region term)."""
         if hasattr(self.loss_function, "pixel_map"):
-            return self.loss_function(pred.float(), target, weight=weight, extra=extra)
+            return self.loss_function(self._full_precision(pred), target, weight=weight, extra=extra)
         loss_map = self.pixel_loss_map(pred, target)
         if extra is not None:
             loss_map = loss_map + extra
@@ -303,6 +308,6 @@ class DALETrainer(SupervisedTrainer):
         loss_f = self.fuzzy_step(engine, pred_f, y_f, weight_f, out[DALEKeys.FUZZY_TERMS])
         out[DALEKeys.LOSS_N] = loss_n
         out[Keys.LOSS] = loss_n + loss_f
-        out[DALEKeys.FUZZY_TERMS] = []  # drop the graphs of handler terms
+        out.pop(DALEKeys.FUZZY_TERMS)  # drops the graphs of handler terms (and decollates cleanly)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return out
+        return engine.state.output  # decollated by MODEL_COMPLETED, as in SupervisedTrainer

@@ -1,0 +1,151 @@
+"""COVID-SemiSeg (CT lung infection) as laid out by the Inf-Net repository.
+
+``--src`` holds ``Dataset/`` (or is it)::
+
+    TrainingSet/LungInfection-Train/Doctor-label/{Imgs/*.jpg, GT/*.png}   50, radiologists, 0/255
+    TrainingSet/LungInfection-Train/Pseudo-label/{Imgs/*.jpg, GT/*.png}   1,600 soft pseudo-labels 0..255
+    TestingSet/LungInfection-Test/{Imgs, GT}                              radiologists, 0/255
+    TrainingSet/MultiClassInfection-Train/{Imgs, GT}                      palette PNG 0/1/2
+    TestingSet/MultiClassInfection-Test/{Imgs, GT, GT-1, GT-2}            same (GT-1/GT-2 unused)
+
+``--task binary`` (default) sections, by ``--train-labels``:
+
+* ``pseudo`` (default): training = the 1,600 pseudo-labels, validation = the 50 doctor-labelled
+  slices, test = the radiologists' test set: the noisy-label benchmark;
+* ``doctor``: training/validation = a ``--val-fraction`` split of the 50 doctor-labelled slices;
+* ``both``: training = the pseudo-labels and the doctor slices not held out for validation.
+
+Pseudo-labels are soft masks; ``label`` binarises them at ``--threshold`` (128) and ``label_soft``
+keeps them as 0..255 PNG. Every entry carries ``label_soft`` (radiologists' masks as 0/255) so that
+all sections share the same keys. ``--task multiclass``: 0 background, 1 ground-glass opacity,
+2 consolidation; training/validation split of the 50 training slices, test = the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+from pathlib import Path
+
+from ..convert import (
+    ConversionJob,
+    Pair,
+    Sample,
+    Skip,
+    add_common_arguments,
+    assign_sections,
+    binary_mask,
+    class_mask,
+    image_2d,
+    limit_items,
+    list_files,
+    match_pairs,
+    require_dir,
+    run_job,
+    soft_mask,
+)
+from ..io import DataPrepError, read_image_2d, read_mask_2d
+
+__all__ = ["add_parser", "convert", "find_dataset_root"]
+
+DOCTOR = "TrainingSet/LungInfection-Train/Doctor-label"
+PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label"
+TEST = "TestingSet/LungInfection-Test"
+MC_TRAIN = "TrainingSet/MultiClassInfection-Train"
+MC_TEST = "TestingSet/MultiClassInfection-Test"
+MULTICLASS_NAMES = {"0": "background", "1": "ground-glass opacity", "2": "consolidation"}
+
+
+def find_dataset_root(src: Path) -> Path:
+    """The ``Dataset`` folder: ``src/Dataset`` or ``src`` itself."""
+    if not src.is_dir():
+        raise DataPrepError(f"--src {src}: no such folder")
+    for root in (src / "Dataset", src):
+        if (root / "TrainingSet").is_dir() or (root / "TestingSet").is_dir():
+            return root
+    raise DataPrepError(f"--src {src}: no TrainingSet/TestingSet found (expected the Inf-Net 'Dataset' layout)")
+
+
+def _folder_pairs(root: Path, rel: str, limit: int | None) -> tuple[list[tuple[str, Path, Path]], list[Skip]]:
+    base = root / rel
+    imgs, skips = list_files(require_dir(base / "Imgs", f"{rel} images"))
+    gts, gt_skips = list_files(require_dir(base / "GT", f"{rel} masks"))
+    pairs, match_skips = match_pairs(imgs, gts)
+    return limit_items(pairs, limit), skips + gt_skips + match_skips
+
+
+def _load_hard(image: Path, mask: Path) -> Sample:
+    label = binary_mask(read_mask_2d(mask), mask)  # radiologists' masks must be exactly binary
+    return Sample(image_2d(read_image_2d(image), image), label, {"label_soft": label * 255})
+
+
+def _load_soft(image: Path, mask: Path, threshold: int) -> Sample:
+    label, soft = soft_mask(read_mask_2d(mask), mask, threshold)
+    return Sample(image_2d(read_image_2d(image), image), label, {"label_soft": soft})
+
+
+def _load_classes(image: Path, mask: Path) -> Sample:
+    return Sample(image_2d(read_image_2d(image), image), class_mask(read_mask_2d(mask), mask, 3))
+
+
+def convert(args: argparse.Namespace) -> int:
+    """Find the pairs of the requested task and convert them."""
+    root = find_dataset_root(args.src)
+    threshold = args.threshold
+    if not 1 <= threshold <= 255:
+        raise DataPrepError(f"--threshold {threshold}: must be within 1..255")
+    pairs: list[Pair] = []
+    skipped: list[Skip] = []
+
+    def add(rel: str, prefix: str, sections: dict[str, str] | str, loader) -> None:
+        found, skips = _folder_pairs(root, rel, args.limit)
+        skipped.extend(skips)
+        for stem, image, mask in found:
+            key = f"{prefix}/{stem}"
+            section = sections if isinstance(sections, str) else sections[key]
+            pairs.append(Pair(key, section, partial(loader, image, mask), (str(image), str(mask)),
+                              extras=("label_soft",) if args.task == "binary" else ()))
+
+    def split(rel: str, prefix: str) -> dict[str, str]:
+        found, _ = _folder_pairs(root, rel, args.limit)
+        return assign_sections([f"{prefix}/{s}" for s, _, _ in found], (1 - args.val_fraction, args.val_fraction, 0),
+                               args.seed)
+
+    if args.task == "binary":
+        hard = _load_hard
+        if args.train_labels in ("pseudo", "both"):
+            add(PSEUDO, "pseudo", "training", partial(_load_soft, threshold=threshold))
+        if args.train_labels == "pseudo":
+            add(DOCTOR, "doctor", "validation", hard)
+        else:
+            add(DOCTOR, "doctor", split(DOCTOR, "doctor"), hard)
+        add(TEST, "test", "test", hard)
+        labels = {"0": "background", "1": "infection"}
+    else:
+        add(MC_TRAIN, "multiclass_train", split(MC_TRAIN, "multiclass_train"), _load_classes)
+        add(MC_TEST, "multiclass_test", "test", _load_classes)
+        labels = MULTICLASS_NAMES
+    notes = []
+    if args.task == "binary" and args.train_labels != "doctor":
+        notes.append(f"pseudo-labels binarised at {threshold} ('label'); soft masks kept as 'label_soft'")
+    job = ConversionJob(
+        dataset="covid_semiseg", src=args.src, pairs=pairs, skipped=skipped,
+        settings={"task": args.task, "threshold": threshold},
+        labels=labels, notes=notes,
+        description=f"COVID-SemiSeg lung infection ({args.task}; training labels: "
+                    f"{args.train_labels if args.task == 'binary' else 'radiologists'})",
+    )
+    return run_job(job, args)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``covid_semiseg``."""
+    p = subparsers.add_parser("covid_semiseg", help="COVID-SemiSeg CT lung infection (Inf-Net layout)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(p, val_fraction=0.2, threshold=False)
+    p.add_argument("--threshold", type=int, default=128,
+                   help="binarise the soft pseudo-labels at this value of 0..255 (default 128)")
+    p.add_argument("--task", choices=("binary", "multiclass"), default="binary")
+    p.add_argument("--train-labels", choices=("pseudo", "doctor", "both"), default="pseudo",
+                   help="training labels for --task binary (default pseudo)")
+    p.set_defaults(func=convert)

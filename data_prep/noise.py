@@ -1,0 +1,700 @@
+"""Label-noise injection for experiments on clean datasets, and the measured noise level.
+
+The protocols are the ones the noisy-label segmentation literature uses:
+
+- ``dilate`` / ``erode`` / ``dilate_erode``: the boundary moved outwards or inwards by ``k`` pixels
+  (Euclidean ball; ``dilate_erode`` draws dilation or erosion per image, ``k`` may be a range drawn
+  per image);
+- ``elastic``: a smooth random displacement field applied to the mask (nearest-neighbour warp);
+- ``components``: small connected components dropped and small false components added;
+
+and a ``fraction`` of the training cases is corrupted (the others keep their clean label).
+
+Every function works on 2D and 3D label arrays, binary or multi-class (0 is background, every other
+value a class; values are preserved, so 0/255 masks stay 0/255), and on empty masks. Multi-class
+masks are perturbed per class without creating overlaps or new label values: dilation only claims
+background pixels (each one goes to the nearest class), erosion only releases pixels to background.
+
+Command line (through ``python -m data_prep noise``)::
+
+    python -m data_prep noise --datalist DIR/datalist.json --out DIR2 --protocol dilate_erode --k 2-4 --seed 0
+
+writes the noisy training labels under ``DIR2/labels_noisy/``, ``DIR2/noise_report.json`` and last
+``DIR2/datalist.json``. Paths in the new datalist are **relative to DIR2** (MONAI's
+``load_decathlon_datalist`` default base directory): noisy labels lie under it, images, clean labels
+and the validation/test entries point back at the original files with ``../`` paths, so the two
+folders stay valid when moved together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .datalist import DATALIST_NAME
+from .io import IMAGE_EXTENSIONS, DataPrepError, atomic_path, read_mask_2d, save_nifti, save_png, write_json
+
+__all__ = [
+    "PROTOCOLS",
+    "NOISE_REPORT_NAME",
+    "dilate_erode",
+    "elastic_perturb",
+    "drop_add_components",
+    "apply_protocol",
+    "label_dice",
+    "DiceAccumulator",
+    "read_label",
+    "write_label",
+    "make_noisy_dataset",
+    "add_parser",
+]
+
+NOISE_REPORT_NAME = "noise_report.json"
+NOISY_DIR = "labels_noisy"
+# top-level datalist keys that record how a dataset was generated: not carried over to the noisy copy
+_PROVENANCE_KEYS = ("noise", "synthetic")
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _rng(rng: np.random.Generator | int | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _as_labels(mask: Any, name: str = "mask") -> np.ndarray:
+    """Validate a label array (2D/3D, non-negative integer values) and return it as an integer array."""
+    arr = np.asarray(mask)
+    if arr.ndim not in (2, 3):
+        raise DataPrepError(f"{name}: expected a 2D or 3D label array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or \
+                not np.array_equal(arr, np.round(arr)):
+            raise DataPrepError(f"{name}: label values must be integers, got dtype {arr.dtype} with non-integer values")
+        arr = arr.astype(np.int64)
+    if arr.size and arr.min() < 0:
+        raise DataPrepError(f"{name}: label values must be non-negative, found {int(arr.min())}")
+    return arr
+
+
+def _restore(out: np.ndarray, like: Any) -> np.ndarray:
+    return out.astype(np.asarray(like).dtype, copy=False)
+
+
+def _draw(value: Any, rng: np.random.Generator, kind: type, name: str):
+    """A scalar, or a ``(lo, hi)`` range drawn uniformly (inclusive for integers)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2 or value[0] > value[1]:
+            raise DataPrepError(f"{name}: a range must be (low, high) with low <= high, got {value}")
+        lo, hi = value
+        v = rng.integers(int(lo), int(hi) + 1) if kind is int else rng.uniform(float(lo), float(hi))
+    else:
+        v = value
+    v = kind(v)
+    if v < 0:
+        raise DataPrepError(f"{name} must be non-negative, got {v}")
+    return v
+
+
+def _classes(arr: np.ndarray) -> np.ndarray:
+    vals = np.unique(arr)
+    return vals[vals != 0]
+
+
+# --------------------------------------------------------------------------------------------- protocols
+
+
+def dilate_erode(mask: Any, k: int | Sequence[int], rng: np.random.Generator | int | None = None,
+                 mode: str = "random", spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Move every class boundary outwards (dilation) or inwards (erosion) by ``k`` pixels.
+
+    The structuring element is the Euclidean ball of radius ``k`` (computed with distance transforms,
+    so large ``k`` costs the same as small). Dilation gives each background pixel within ``k`` of a
+    class the label of the nearest labelled pixel, so classes never overlap; erosion sets to
+    background the pixels of each class within ``k`` of any pixel of another value (the image border
+    does not count as a boundary).
+
+    Args:
+        mask: 2D or 3D label array (0 background).
+        k: radius in pixels, or a ``(low, high)`` range drawn per call (inclusive).
+        rng: random generator or seed (used for the range and for ``mode="random"``).
+        mode: ``"dilate"``, ``"erode"`` or ``"random"`` (one of the two, equally likely).
+        spacing: voxel spacing for anisotropic volumes; ``k`` is then in the same unit.
+
+    Returns:
+        The perturbed mask, same shape and dtype.
+    """
+    rng = _rng(rng)
+    m = _as_labels(mask)
+    k_val = _draw(k, rng, float if isinstance(k, float) else int, "k")
+    if mode == "random":
+        mode = "dilate" if rng.random() < 0.5 else "erode"
+    if mode not in ("dilate", "erode"):
+        raise DataPrepError(f"mode must be 'dilate', 'erode' or 'random', got {mode!r}")
+    if k_val == 0 or not m.any():
+        return _restore(m.copy(), mask)
+    out = m.copy()
+    if mode == "dilate":
+        background = m == 0
+        if background.any():
+            dist, idx = ndi.distance_transform_edt(background, sampling=spacing, return_indices=True)
+            grow = background & (dist <= k_val)
+            out[grow] = m[tuple(i[grow] for i in idx)]
+    else:
+        for c in _classes(m):
+            inside = m == c
+            if inside.all():
+                continue  # nothing else in the image: no boundary to move
+            dist = ndi.distance_transform_edt(inside, sampling=spacing)
+            out[inside & (dist <= k_val)] = 0
+    return _restore(out, mask)
+
+
+def elastic_perturb(mask: Any, alpha: float | Sequence[float], sigma: float,
+                    rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """Warp the mask with a smooth random displacement field (nearest-neighbour, so no new labels).
+
+    Each displacement component is white noise smoothed by a Gaussian of width ``sigma`` and scaled to
+    a standard deviation of ``alpha`` pixels, so ``alpha`` is the typical boundary displacement
+    whatever ``sigma`` (unlike the unnormalised field of Simard et al., whose amplitude shrinks with
+    ``sigma``).
+
+    Args:
+        mask: 2D or 3D label array.
+        alpha: displacement amplitude in pixels (standard deviation per axis), or a range drawn per call.
+        sigma: smoothness of the field in pixels (larger: longer, gentler boundary undulations).
+        rng: random generator or seed.
+    """
+    rng = _rng(rng)
+    m = _as_labels(mask)
+    amp = _draw(alpha, rng, float, "alpha")
+    if sigma <= 0:
+        raise DataPrepError(f"sigma must be positive, got {sigma}")
+    if amp == 0 or not m.any():
+        return _restore(m.copy(), mask)
+    coords = np.indices(m.shape, dtype=np.float32)
+    for axis in range(m.ndim):
+        field = ndi.gaussian_filter(rng.standard_normal(m.shape).astype(np.float32), sigma, mode="reflect")
+        std = float(field.std())
+        if std > 0:
+            coords[axis] += field * (amp / std)
+    out = ndi.map_coordinates(m, coords, order=0, mode="nearest")
+    return _restore(out, mask)
+
+
+def drop_add_components(mask: Any, rng: np.random.Generator | int | None = None, drop_prob: float = 0.5,
+                        max_drop_size: int | None = None, n_add: int | Sequence[int] = (0, 2),
+                        add_radius: float | Sequence[float] = (2.0, 5.0),
+                        add_labels: Sequence[int] | None = None) -> np.ndarray:
+    """Drop connected components and add small false ones (missed and spurious lesions).
+
+    Args:
+        mask: 2D or 3D label array.
+        rng: random generator or seed.
+        drop_prob: probability that each candidate component is removed.
+        max_drop_size: components of at most this many pixels are candidates; ``None``: every
+            component except the largest of its class (so a class is never wiped out by default).
+        n_add: number of false components to add, or an inclusive ``(low, high)`` range.
+        add_radius: radius in pixels of each added ellipsoidal blob (semi-axes 60-100 % of it), or a range.
+        add_labels: labels the added blobs may take; default the classes present, else 1.
+
+    Added blobs are placed on background pixels at least their radius away from existing labels, so
+    they are separate components and overwrite nothing.
+    """
+    rng = _rng(rng)
+    m = _as_labels(mask)
+    if not 0.0 <= drop_prob <= 1.0:
+        raise DataPrepError(f"drop_prob must be in [0, 1], got {drop_prob}")
+    out = m.copy()
+    structure = ndi.generate_binary_structure(m.ndim, m.ndim)
+    for c in _classes(m):
+        comp, n = ndi.label(m == c, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        if max_drop_size is None:
+            candidate = np.ones(n, dtype=bool)
+            candidate[int(np.argmax(sizes))] = False
+        else:
+            candidate = sizes <= max_drop_size
+        dropped = candidate & (rng.random(n) < drop_prob)
+        if dropped.any():
+            out[np.isin(comp, np.flatnonzero(dropped) + 1)] = 0
+
+    count = _draw(n_add, rng, int, "n_add")
+    labels = list(add_labels) if add_labels is not None else _classes(m).tolist() or [1]
+    for _ in range(count):
+        radius = max(_draw(add_radius, rng, float, "add_radius"), 0.5)
+        semi = radius * rng.uniform(0.6, 1.0, size=m.ndim)
+        free = out == 0
+        if not free.any():
+            break
+        # keep false blobs apart from real structures where there is room
+        clearance = ndi.distance_transform_edt(free) if not free.all() else np.full(m.shape, np.inf)
+        ok = np.flatnonzero(clearance.ravel() > radius + 1)
+        if ok.size == 0:
+            ok = np.flatnonzero(free.ravel())
+        centre = np.array(np.unravel_index(ok[rng.integers(ok.size)], m.shape))
+        lo = np.maximum(centre - np.ceil(semi).astype(int), 0)
+        hi = np.minimum(centre + np.ceil(semi).astype(int) + 1, m.shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.ogrid[box]
+        inside = sum(((g - c0) / s) ** 2 for g, c0, s in zip(grid, centre, semi)) <= 1.0
+        region = out[box]
+        region[inside & (region == 0)] = labels[rng.integers(len(labels))]
+    return _restore(out, mask)
+
+
+def _protocol_dilate(mask, rng, k=2, spacing=None):
+    return dilate_erode(mask, k, rng, mode="dilate", spacing=spacing)
+
+
+def _protocol_erode(mask, rng, k=2, spacing=None):
+    return dilate_erode(mask, k, rng, mode="erode", spacing=spacing)
+
+
+def _protocol_dilate_erode(mask, rng, k=2, spacing=None):
+    return dilate_erode(mask, k, rng, mode="random", spacing=spacing)
+
+
+def _protocol_elastic(mask, rng, alpha=2.0, sigma=6.0):
+    return elastic_perturb(mask, alpha, sigma, rng)
+
+
+def _protocol_components(mask, rng, drop_prob=0.5, max_drop_size=None, n_add=(0, 2), add_radius=(2.0, 5.0),
+                         add_labels=None):
+    return drop_add_components(mask, rng, drop_prob=drop_prob, max_drop_size=max_drop_size, n_add=n_add,
+                               add_radius=add_radius, add_labels=add_labels)
+
+
+#: protocol name → function ``(mask, rng, **options)``; the options and their defaults are the keyword arguments.
+PROTOCOLS: dict[str, Callable[..., np.ndarray]] = {
+    "dilate": _protocol_dilate,
+    "erode": _protocol_erode,
+    "dilate_erode": _protocol_dilate_erode,
+    "elastic": _protocol_elastic,
+    "components": _protocol_components,
+}
+
+
+def _protocol_options(protocol: str) -> tuple[str, ...]:
+    params = list(inspect.signature(PROTOCOLS[protocol]).parameters)
+    return tuple(params[2:])
+
+
+def apply_protocol(mask: Any, protocol: str, rng: np.random.Generator | int | None = None, **kwargs) -> np.ndarray:
+    """Apply one named noise protocol to a mask.
+
+    Args:
+        mask: 2D or 3D label array.
+        protocol: one of :data:`PROTOCOLS` (``dilate``, ``erode``, ``dilate_erode``, ``elastic``, ``components``).
+        rng: random generator or seed.
+        kwargs: the protocol's options: ``k`` (and ``spacing``) for the dilation/erosion protocols,
+            ``alpha``/``sigma`` for ``elastic``, ``drop_prob``/``max_drop_size``/``n_add``/``add_radius``/
+            ``add_labels`` for ``components``.
+
+    Raises:
+        DataPrepError: unknown protocol, or an option the protocol does not take.
+    """
+    if protocol not in PROTOCOLS:
+        raise DataPrepError(f"unknown noise protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    allowed = _protocol_options(protocol)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise DataPrepError(f"noise protocol {protocol!r} does not take option(s) {unknown}; it takes {list(allowed)}")
+    return PROTOCOLS[protocol](mask, _rng(rng), **kwargs)
+
+
+# --------------------------------------------------------------------------------------------- noise level
+
+
+def _dice_counts(noisy: np.ndarray, clean: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Per class present in either mask: (2·|intersection|, |noisy| + |clean|)."""
+    if noisy.shape != clean.shape:
+        raise DataPrepError(f"noisy and clean labels differ in shape: {noisy.shape} vs {clean.shape}")
+    out = {}
+    for c in np.union1d(_classes(noisy), _classes(clean)).tolist():
+        a, b = noisy == c, clean == c
+        out[int(c)] = (2 * int(np.count_nonzero(a & b)), int(np.count_nonzero(a)) + int(np.count_nonzero(b)))
+    return out
+
+
+def label_dice(noisy: Any, clean: Any) -> float:
+    """Dice of a noisy label against the clean one.
+
+    The mean over the classes present in either mask; 1.0 when both are empty.
+    """
+    counts = _dice_counts(_as_labels(noisy, "noisy label"), _as_labels(clean, "clean label"))
+    if not counts:
+        return 1.0
+    return float(np.mean([i / s for i, s in counts.values()]))
+
+
+class DiceAccumulator:
+    """Noise level over a dataset: per-image Dice, their mean, and the pooled Dice.
+
+    The pooled Dice sums intersections and sizes over all images per class before dividing (then
+    averages over classes), so large lesions weigh more; the mean weighs every image equally.
+    """
+
+    def __init__(self) -> None:
+        self.per_image: dict[str, float] = {}
+        self.wrong: dict[str, float] = {}
+        self._inter: dict[int, int] = {}
+        self._sum: dict[int, int] = {}
+        self._wrong_pixels = 0
+        self._pixels = 0
+
+    def add(self, name: str, noisy: Any, clean: Any) -> float:
+        """Record one image; returns its Dice."""
+        noisy_a, clean_a = _as_labels(noisy, f"{name} (noisy)"), _as_labels(clean, f"{name} (clean)")
+        counts = _dice_counts(noisy_a, clean_a)
+        for c, (i, s) in counts.items():
+            self._inter[c] = self._inter.get(c, 0) + i
+            self._sum[c] = self._sum.get(c, 0) + s
+        dice = float(np.mean([i / s for i, s in counts.values()])) if counts else 1.0
+        wrong = int(np.count_nonzero(noisy_a != clean_a))
+        self._wrong_pixels += wrong
+        self._pixels += noisy_a.size
+        self.per_image[name] = dice
+        self.wrong[name] = wrong / noisy_a.size if noisy_a.size else 0.0
+        return dice
+
+    def summary(self) -> dict:
+        """``dice_mean``, ``dice_pooled``, ``dice_min``, ``wrong_pixel_fraction``, ``n_images``, ``per_image``."""
+        values = np.array(list(self.per_image.values()), dtype=np.float64)
+        pooled = float(np.mean([self._inter[c] / self._sum[c] for c in self._inter])) if self._inter else 1.0
+        return {
+            "n_images": len(self.per_image),
+            "dice_mean": float(values.mean()) if values.size else 1.0,
+            "dice_pooled": pooled,
+            "dice_min": float(values.min()) if values.size else 1.0,
+            "wrong_pixel_fraction": self._wrong_pixels / self._pixels if self._pixels else 0.0,
+            "per_image": {k: {"dice": v, "wrong_pixel_fraction": self.wrong[k]} for k, v in self.per_image.items()},
+        }
+
+
+# --------------------------------------------------------------------------------------------- label files
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_label(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """Read a label file (2D image formats, NIfTI, ``.npy``) as an integer array plus what writing it back needs.
+
+    Raises:
+        DataPrepError: missing, unreadable, unsupported or non-integer file (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataPrepError(f"{path}: label file not found")
+    name = path.name.lower()
+    if _is_nifti(path):
+        import nibabel as nib
+
+        try:
+            img = nib.load(str(path))
+            data = np.asanyarray(img.dataobj)
+        except Exception as e:  # nibabel raises many types for corrupt files
+            raise DataPrepError(f"{path}: unreadable NIfTI label ({e})") from None
+        return _as_labels(data, str(path)), {"format": "nifti", "affine": img.affine, "dtype": data.dtype}
+    if name.endswith(".npy"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise DataPrepError(f"{path}: unreadable .npy label ({e})") from None
+        return _as_labels(data, str(path)), {"format": "npy", "dtype": data.dtype}
+    if name.endswith(IMAGE_EXTENSIONS):
+        return _as_labels(read_mask_2d(path), str(path)), {"format": "png"}
+    raise DataPrepError(f"{path}: unsupported label format (expected PNG/BMP/TIFF/JPEG, NIfTI or .npy)")
+
+
+def _output_name(path: Path, meta: Mapping) -> str:
+    """2D labels are always written as PNG (lossless, even when the source was JPEG)."""
+    if meta["format"] == "png" and path.suffix.lower() != ".png":
+        return path.stem + ".png"
+    return path.name
+
+
+def write_label(path: str | os.PathLike, array: np.ndarray, meta: Mapping) -> None:
+    """Write a label in the format :func:`read_label` reported, atomically."""
+    arr = np.asarray(array)
+    if meta["format"] == "nifti":
+        save_nifti(path, arr.astype(meta["dtype"]), meta["affine"])
+    elif meta["format"] == "npy":
+        with atomic_path(path, suffix=".npy") as tmp:
+            np.save(tmp, arr.astype(meta["dtype"]))
+    else:
+        top = int(arr.max()) if arr.size else 0
+        if top > 65535:
+            raise DataPrepError(f"{path}: label value {top} does not fit a PNG")
+        save_png(path, arr.astype(np.uint8 if top <= 255 else np.uint16))
+
+
+# --------------------------------------------------------------------------------------------- datasets
+
+
+def _load_datalist(path: Path) -> dict:
+    if not path.is_file():
+        raise DataPrepError(f"{path}: datalist not found")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataPrepError(f"{path}: not a valid JSON datalist ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("training"), list):
+        raise DataPrepError(f"{path}: datalist has no 'training' list")
+    return doc
+
+
+def _rebase(value: Any, src_root: Path, out_root: Path) -> Any:
+    """Rewrite paths relative to ``src_root`` (those that exist) as paths relative to ``out_root``."""
+    if isinstance(value, list):
+        return [_rebase(v, src_root, out_root) for v in value]
+    if isinstance(value, str) and value.strip() not in ("", ".", "./", ".."):
+        p = Path(value) if Path(value).is_absolute() else src_root / value
+        if p.exists():
+            return os.path.relpath(p.resolve(), out_root)
+    return value
+
+
+def _noisy_path(label: Path, src_root: Path, out_root: Path, index: int, meta: Mapping) -> Path:
+    name = _output_name(label, meta)
+    try:
+        rel = label.resolve().relative_to(src_root).parent
+    except ValueError:
+        return out_root / NOISY_DIR / "external" / f"{index:05d}_{name}"
+    return out_root / NOISY_DIR / rel / name
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, protocol: str, seed: int = 0,
+                       fraction: float = 1.0, source_key: str | None = None, overwrite: bool = False,
+                       verbose: bool = True, **protocol_kwargs) -> dict:
+    """Write a seeded noisy copy of a dataset's training labels and a datalist that uses them.
+
+    Args:
+        datalist: the source MONAI datalist JSON (paths relative to its folder, or absolute).
+        out: output folder (must differ from the datalist's folder).
+        protocol: a key of :data:`PROTOCOLS`.
+        seed: seed (non-negative); case ``i`` uses its own stream ``[seed, 1, i]``.
+        fraction: fraction of training cases to corrupt (chosen at random, rounded half up); the others keep
+            their clean label (``label`` then points at the original file).
+        source_key: entry key holding the clean label; default ``label_clean`` when an entry has one
+            (datasets that already carry noisy labels), else ``label``.
+        overwrite: allow replacing a ``datalist.json`` in ``out`` that this function did not write.
+        verbose: print the per-image and overall noise level.
+        protocol_kwargs: options of the protocol (see :func:`apply_protocol`).
+
+    Returns:
+        The report written to ``out/noise_report.json``.
+
+    Raises:
+        DataPrepError: missing datalist or label file, bad options (the message names them).
+    """
+    datalist = Path(datalist)
+    doc = _load_datalist(datalist)
+    src_root = datalist.resolve().parent
+    out_root = Path(out).resolve()
+    if out_root == src_root:
+        raise DataPrepError(f"--out {out}: must differ from the datalist's folder {src_root} (it would overwrite it)")
+    if protocol not in PROTOCOLS:
+        raise DataPrepError(f"unknown noise protocol {protocol!r}; choose one of {sorted(PROTOCOLS)}")
+    unknown = sorted(set(protocol_kwargs) - set(_protocol_options(protocol)))
+    if unknown:
+        raise DataPrepError(f"noise protocol {protocol!r} does not take option(s) {unknown}")
+    if not 0.0 <= fraction <= 1.0:
+        raise DataPrepError(f"--fraction must be in [0, 1], got {fraction}")
+    if seed < 0:
+        raise DataPrepError(f"--seed must be non-negative, got {seed}")
+
+    # record the effective options, defaults included, so a re-run notices any change of them
+    defaults = {name: prm.default for name, prm in inspect.signature(PROTOCOLS[protocol]).parameters.items()
+                if prm.default is not inspect.Parameter.empty}
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in {**defaults, **protocol_kwargs}.items()}
+    config = {"source": str(datalist.resolve()), "source_sha256": _sha256(datalist), "protocol": protocol,
+              "options": options, "seed": int(seed), "fraction": float(fraction), "source_key": source_key}
+    out_list = out_root / DATALIST_NAME
+    report_path = out_root / NOISE_REPORT_NAME
+    if out_list.is_file():
+        try:
+            previous = json.loads(out_list.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {}
+        if previous.get("noise") == config and report_path.is_file() and all(
+                (out_root / e["label"]).is_file() for e in previous.get("training", [])):
+            report = json.loads(report_path.read_text())
+            if verbose:
+                print(f"noise: {out_list} is up to date ({protocol}, seed {seed}); nothing to do")
+            return report
+        if "noise" not in previous and not overwrite:
+            raise DataPrepError(f"{out_list}: exists and was not written by the noise command; "
+                                "choose another --out (or pass overwrite=True)")
+        out_list.unlink()  # a datalist must never describe a half-rewritten set of labels
+
+    training = doc["training"]
+    n = len(training)
+    n_noisy = int(np.floor(fraction * n + 0.5))  # half up: 0.5 of 5 cases corrupts 3
+    chosen = set(np.random.default_rng([int(seed), 0]).permutation(n)[:n_noisy].tolist())
+
+    acc_all, acc_noisy = DiceAccumulator(), DiceAccumulator()
+    new_training, cases, written, sources = [], [], set(), set()
+    for i, entry in enumerate(training):
+        if not isinstance(entry, dict):
+            raise DataPrepError(f"{datalist}: training entry {i} is not an object")
+        key = source_key or ("label_clean" if "label_clean" in entry else "label")
+        if key not in entry:
+            raise DataPrepError(f"{datalist}: training entry {i} has no {key!r} key")
+        label_path = Path(entry[key]) if Path(entry[key]).is_absolute() else src_root / entry[key]
+        try:
+            clean, meta = read_label(label_path)
+        except DataPrepError as e:
+            raise DataPrepError(f"{datalist}: training entry {i} ({key}): {e}") from None
+        sources.add(label_path.resolve())
+        new_entry = {k: _rebase(v, src_root, out_root) for k, v in entry.items()}
+        clean_rel = os.path.relpath(label_path.resolve(), out_root)
+        name = str(entry[key]) if str(entry[key]) not in acc_all.per_image else f"{entry[key]}#{i}"
+        if i in chosen:
+            # one stream per case: a case's noise does not depend on the others or on the fraction
+            noisy = apply_protocol(clean, protocol, np.random.default_rng([int(seed), 1, i]), **protocol_kwargs)
+            target = _noisy_path(label_path, src_root, out_root, i, meta)
+            write_label(target, noisy, meta)
+            written.add(target)
+            new_entry["label"] = os.path.relpath(target, out_root)
+            acc_noisy.add(name, noisy, clean)
+        else:
+            noisy = clean
+            new_entry["label"] = clean_rel
+        new_entry["label_clean"] = clean_rel
+        acc_all.add(name, noisy, clean)
+        new_training.append(new_entry)
+        cases.append({"label_clean": clean_rel, "label": new_entry["label"], "corrupted": i in chosen,
+                      "dice": acc_all.per_image[name], "wrong_pixel_fraction": acc_all.wrong[name]})
+
+    # labels of an earlier run with other settings would otherwise linger beside the new set
+    noisy_dir = out_root / NOISY_DIR
+    if noisy_dir.is_dir():
+        for f in noisy_dir.rglob("*"):
+            if f.is_file() and f not in written and f.resolve() not in sources and not f.name.startswith("."):
+                f.unlink()
+
+    overall = acc_all.summary()
+    overall.pop("per_image")
+    corrupted = acc_noisy.summary()
+    corrupted.pop("per_image")
+    report = {"config": config, "n_training": n, "n_corrupted": n_noisy, "overall": overall,
+              "corrupted_only": corrupted, "cases": cases}
+    write_json(report_path, report)
+
+    new_doc: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key in _PROVENANCE_KEYS:
+            continue  # describes how the source was made, not this copy
+        if key == "training":
+            new_doc[key] = new_training
+        elif isinstance(value, list):
+            new_doc[key] = [{k: _rebase(v, src_root, out_root) for k, v in e.items()} if isinstance(e, dict)
+                            else e for e in value]
+        else:
+            new_doc[key] = value
+    note = f"training labels corrupted with the {protocol!r} noise protocol (see {NOISE_REPORT_NAME})"
+    new_doc["description"] = f"{doc['description']}; {note}" if isinstance(doc.get("description"), str) else note
+    new_doc["noise"] = config
+    write_json(out_list, new_doc)  # last: its presence means the noisy set is complete
+
+    if verbose:
+        for c in cases:
+            flag = "noisy" if c["corrupted"] else "clean"
+            print(f"  {c['label_clean']}: {flag}  Dice {c['dice']:.4f}  wrong pixels {c['wrong_pixel_fraction']:.4f}")
+        print(f"noise: protocol {protocol} {options or ''} seed {seed}: corrupted {n_noisy}/{n} training labels; "
+              f"Dice noisy vs clean: mean {overall['dice_mean']:.4f}, pooled {overall['dice_pooled']:.4f}, "
+              f"min {overall['dice_min']:.4f}; wrong pixels {overall['wrong_pixel_fraction']:.4%}")
+        print(f"noise: wrote {out_list} and {report_path}")
+    return report
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _range(kind: type) -> Callable[[str], Any]:
+    """Parse ``"3"`` or ``"2-5"`` (an inclusive range drawn per image)."""
+
+    def parse(text: str):
+        parts = text.split("-")
+        try:
+            if len(parts) == 1:
+                return kind(parts[0])
+            if len(parts) == 2:
+                lo, hi = kind(parts[0]), kind(parts[1])
+                if lo > hi:
+                    raise ValueError
+                return (lo, hi)
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"expected a number or a range LOW-HIGH, got {text!r}")
+
+    return parse
+
+
+def _run(args: argparse.Namespace) -> int:
+    allowed = _protocol_options(args.protocol)
+    opts: dict[str, Any] = {}
+    for name in _CLI_OPTIONS:
+        value = getattr(args, name)
+        if value is None:
+            continue  # not given: the protocol's default applies
+        if name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise DataPrepError(f"{flag} does not apply to the {args.protocol!r} protocol (it takes "
+                                f"{', '.join('--' + a.replace('_', '-') for a in allowed if a in _CLI_OPTIONS)})")
+        opts[name] = value
+    make_noisy_dataset(args.datalist, args.out, args.protocol, seed=args.seed, fraction=args.fraction,
+                       source_key=args.source_key, **opts)
+    return 0
+
+
+_CLI_OPTIONS = ("k", "alpha", "sigma", "drop_prob", "max_drop_size", "n_add", "add_radius")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``noise`` subcommand (``python -m data_prep noise ...``)."""
+    p = subparsers.add_parser(
+        "noise", help="write a seeded noisy copy of a dataset's training labels",
+        description="Corrupt the training labels of a MONAI datalist with a noise protocol of the noisy-label "
+                    "segmentation literature; writes OUT/labels_noisy/, OUT/noise_report.json and OUT/datalist.json "
+                    "(paths relative to OUT; training entries keep the clean label as 'label_clean').")
+    p.add_argument("--datalist", required=True, type=Path, help="source datalist JSON")
+    p.add_argument("--out", required=True, type=Path, help="output folder (not the datalist's folder)")
+    p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of training cases to corrupt (default 1)")
+    p.add_argument("--source-key", default=None,
+                   help="entry key of the clean label (default: label_clean when present, else label)")
+    p.add_argument("--k", type=_range(int), default=None,
+                   help="dilate/erode/dilate_erode: radius in pixels, or a range LOW-HIGH (default 2)")
+    p.add_argument("--alpha", type=_range(float), default=None,
+                   help="elastic: displacement amplitude in pixels (std per axis), or a range (default 2)")
+    p.add_argument("--sigma", type=float, default=None,
+                   help="elastic: smoothness of the displacement field in pixels (default 6)")
+    p.add_argument("--drop-prob", type=float, default=None,
+                   help="components: probability to drop each candidate component (default 0.5)")
+    p.add_argument("--max-drop-size", type=int, default=None,
+                   help="components: largest droppable component in pixels (default: all but the largest per class)")
+    p.add_argument("--n-add", type=_range(int), default=None,
+                   help="components: false components to add, or a range (default 0-2)")
+    p.add_argument("--add-radius", type=_range(float), default=None,
+                   help="components: radius of added components in pixels, or a range (default 2-5)")
+    p.set_defaults(func=_run)

@@ -1,0 +1,115 @@
+"""``covid_semiseg``: the Inf-Net layout, on a fake tree and on the real copy."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from fixtures_datasets import blob_mask, make_covid_tree, read_json, read_png, save
+
+from data_prep.__main__ import main
+
+
+def _run(*argv) -> int:
+    return main(["covid_semiseg", *map(str, argv)])
+
+
+def test_default_trains_on_pseudo_labels_validates_on_doctor_labels(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src")
+    out = tmp_path / "out"
+    assert _run("--src", src, "--out", out) == 0
+    text = capsys.readouterr().out
+    assert "converted 9, reused 0, skipped 0 (training 4, validation 3, test 2)" in text
+    dl = read_json(out / "datalist.json")
+    assert [e["image"] for e in dl["training"]][:2] == ["images/pseudo/Data-1_coronacases_org_001_1.png",
+                                                        "images/pseudo/Data-1_coronacases_org_001_2.png"]
+    assert all(e["image"].startswith("images/doctor/") for e in dl["validation"])
+    assert all(set(e) == {"image", "label", "label_soft"} for s in ("training", "validation", "test") for e in dl[s])
+    # soft pseudo-label: binarised at 128 in 'label', kept 0..255 in 'label_soft'
+    entry = dl["training"][0]
+    soft = read_png(src / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label/GT/Data-1_coronacases_org_001_1.png")
+    assert np.array_equal(read_png(out / entry["label_soft"]), soft)
+    assert np.array_equal(read_png(out / entry["label"]), (soft >= 128).astype(np.uint8))
+    # grey CT stays one channel, original size kept
+    image = read_png(out / entry["image"])
+    assert image.ndim == 2 and image.shape == soft.shape
+    doctor = read_png(out / dl["validation"][0]["label"])
+    assert set(np.unique(doctor)) == {0, 1}
+
+
+def test_threshold_option_and_both_and_doctor_modes(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src", n_doctor=10)
+    out = tmp_path / "both"
+    assert _run("--src", src, "--out", out, "--train-labels", "both", "--val-fraction", "0.2", "--threshold", "50") == 0
+    dl = read_json(out / "datalist.json")
+    assert len(dl["validation"]) == 2 and len(dl["training"]) == 4 + 8
+    assert {e["image"].split("/")[1] for e in dl["training"]} == {"pseudo", "doctor"}
+    soft = read_png(out / dl["training"][0]["label_soft"])
+    assert np.array_equal(read_png(out / dl["training"][0]["label"]), (soft >= 50).astype(np.uint8))
+    assert _run("--src", src, "--out", tmp_path / "doc", "--train-labels", "doctor") == 0
+    dl = read_json(tmp_path / "doc/datalist.json")
+    assert len(dl["training"]) == 8 and all("pseudo" not in e["image"] for s in dl.values() if isinstance(s, list)
+                                             for e in s)
+
+
+def test_multiclass_task_keeps_palette_indices(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src", n_mc=5)
+    out = tmp_path / "out"
+    assert _run("--src", src / "Dataset", "--out", out, "--task", "multiclass") == 0
+    dl = read_json(out / "datalist.json")
+    assert len(dl["training"]) + len(dl["validation"]) == 5 and len(dl["test"]) == 2
+    assert dl["labels"]["2"] == "consolidation"
+    label = read_png(out / dl["test"][0]["label"])
+    assert set(np.unique(label)) == {0, 1, 2}
+    summary = read_json(out / "summary.json")
+    assert set(summary["labels"]["test"]["label_values"]) == {"0", "1", "2"}
+
+
+def test_bad_files_are_skipped_by_name(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src")
+    doctor = src / "Dataset/TrainingSet/LungInfection-Train/Doctor-label"
+    (doctor / "GT/2.png").unlink()  # image without mask
+    save(doctor / "GT/7.png", blob_mask(10, 10) * 255)  # mask without image
+    (doctor / "Imgs/1.jpg").write_bytes((doctor / "Imgs/1.jpg").read_bytes()[:200])  # truncated JPEG
+    save(src / "Dataset/TestingSet/LungInfection-Test/GT/18.png", blob_mask(38, 34, 30) * 3)  # 0/3 mask
+    assert _run("--src", src, "--out", tmp_path / "out") == 0
+    text = capsys.readouterr().out
+    assert "converted 6, reused 0, skipped 4" in text
+    assert "Doctor-label/Imgs/2.jpg: image without mask" in text
+    assert "Doctor-label/GT/7.png: mask without image" in text
+    assert "Imgs/1.jpg: unreadable or truncated image" in text
+    assert "GT/18.png: unexpected mask values [0, 3]" in text
+
+
+def test_missing_folders_and_resume(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src")
+    assert _run("--src", tmp_path / "nowhere", "--out", tmp_path / "out") == 1
+    assert "--src" in capsys.readouterr().err
+    shutil.rmtree(src / "Dataset/TestingSet/LungInfection-Test/GT")
+    assert _run("--src", src, "--out", tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: missing folder") and "LungInfection-Test/GT" in err and err.count("\n") == 1
+    src = make_covid_tree(tmp_path / "src2")
+    assert _run("--src", src, "--out", tmp_path / "out2", "--limit", "2") == 0
+    assert _run("--src", src, "--out", tmp_path / "out2") == 0
+    assert "converted 3, reused 6" in capsys.readouterr().out.splitlines()[-3]
+
+
+@pytest.mark.realdata
+def test_real_covid_semiseg(real_dataset, tmp_path, capsys):
+    src = real_dataset("covid_semiseg")
+    out = tmp_path / "out"
+    assert _run("--src", src, "--out", out, "--limit", "3") == 0
+    assert "converted 9, reused 0, skipped 0 (training 3, validation 3, test 3)" in capsys.readouterr().out
+    dl = read_json(out / "datalist.json")
+    for entry in dl["training"]:
+        soft = read_png(out / entry["label_soft"])
+        assert len(np.unique(soft)) > 2  # real pseudo-labels are soft
+        assert np.array_equal(read_png(out / entry["label"]), (soft >= 128).astype(np.uint8))
+        assert read_png(out / entry["image"]).shape == soft.shape
+    assert all(set(np.unique(read_png(out / e["label"]))) <= {0, 1} for e in dl["test"])
+    assert _run("--src", src, "--out", tmp_path / "mc", "--task", "multiclass", "--limit", "3") == 0
+    mc = read_json(tmp_path / "mc/datalist.json")
+    assert set(np.unique(np.concatenate([read_png(tmp_path / "mc" / e["label"]).ravel() for e in mc["test"]]))) <= {
+        0, 1, 2}

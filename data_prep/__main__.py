@@ -14,7 +14,7 @@ from .io import DataPrepError
 __all__ = ["MODULES", "build_parser", "main"]
 
 #: every command module; each exposes ``add_parser(subparsers) -> None``
-MODULES = (*COMMAND_MODULES, "data_prep.synthetic", "data_prep.noise")
+MODULES = (*COMMAND_MODULES, "data_prep.synthetic", "data_prep.noise", "data_prep.check")
 # written in parallel with the converters: tolerated as absent so that the converters work alone
 _OPTIONAL = ("data_prep.synthetic", "data_prep.noise")
 

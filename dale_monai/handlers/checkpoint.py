@@ -72,6 +72,11 @@ class LastCheckpoint:
         missing = [k for k in self._objects() if k not in state]
         if missing:
             raise RuntimeError(f"cannot resume from {self.path}: it holds no {missing} (has {sorted(state)})")
+        max_epochs = engine.state.max_epochs
         for key, obj in self._objects().items():
             obj.load_state_dict(state[key])
+        # the checkpoint carries the old run's max_epochs; this run's setting decides how far to go
+        if engine.state.epoch > max_epochs:
+            raise ValueError(f"{self.path} is at epoch {engine.state.epoch}, beyond max_epochs={max_epochs} of this run")
+        engine.state.max_epochs = max_epochs
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")

@@ -28,6 +28,8 @@ class ProgressBarHandler:
         self.desc = desc
 
     def _values(self, output) -> dict:
+        if isinstance(output, list) and output and isinstance(output[0], dict):
+            output = output[0]  # decollated: per-iteration scalars are repeated in every item
         if not isinstance(output, dict):
             return {}
         values = {}

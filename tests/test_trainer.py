@@ -142,7 +142,8 @@ def test_missing_masks_say_which_transform_to_add():
 
 
 @pytest.mark.parametrize("kw,match", [(dict(mask_mode="soft"), "mask_mode"), (dict(inner_lr=-1.0), "inner_lr"),
-                                      (dict(clip_grad_norm=0.0), "clip_grad_norm")])
+                                      (dict(clip_grad_norm=0.0), "clip_grad_norm"),
+                                      (dict(nonfinite="ignore"), "nonfinite")])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         _trainer(**kw)
@@ -166,3 +167,36 @@ def test_multiclass_network_uses_loss_weights(mask_mode):
     trainer.run()
     # labels are class indices: never multiplied by a soft mask
     assert all(torch.equal(y, data[0]["label"]) and w is not None for y, w in y_seen)
+
+
+def test_nonfinite_input_stops_before_any_step_and_names_the_term():
+    from dale_monai.engines import NonFiniteError
+
+    data = _data(n=2)
+    data[1]["image"][0, 0, 3, 3] = float("nan")
+    trainer, net, _ = _trainer(data=data)
+    after_first = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1),
+                              lambda e: after_first.extend(p.detach().clone() for p in net.parameters()))
+    with pytest.raises(NonFiniteError, match="non-fuzzy loss"):
+        trainer.run()
+    assert all(torch.equal(a, p) for a, p in zip(after_first, net.parameters()))
+
+
+def test_nonfinite_handler_term_is_named():
+    from dale_monai.engines import NonFiniteError
+
+    trainer, _, _ = _trainer(data=_data(n=1))
+    trainer.add_event_handler(DALEEvents.OMEGA_COMPLETED,
+                              lambda e: e.state.output[DALEKeys.FUZZY_TERMS].append(torch.tensor(float("inf"))))
+    with pytest.raises(NonFiniteError, match="fuzzy loss term 0"):
+        trainer.run()
+
+
+def test_nonfinite_skip_policy_drops_the_batch_and_keeps_weights_finite():
+    data = _data(n=3)
+    data[1]["image"][:] = float("inf")
+    trainer, net, _ = _trainer(data=data, nonfinite="skip")
+    trainer.run()
+    assert trainer.state.skipped_batches == 1
+    assert all(torch.isfinite(p).all() for p in net.parameters())

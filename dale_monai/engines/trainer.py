@@ -17,9 +17,19 @@ from torch.utils.data import DataLoader
 from ..meta import OmegaMetaStep, logits_of, network_closures, virtual_norm_mode
 from .utils import DALEEvents, DALEKeys
 
-__all__ = ["DALETrainer", "MASK_MODES"]
+__all__ = ["DALETrainer", "MASK_MODES", "NONFINITE_POLICIES", "NonFiniteError"]
 
 MASK_MODES = ("paper", "weight")
+NONFINITE_POLICIES = ("raise", "skip")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term, the meta step or a gradient became NaN/Inf; raised before any optimizer step uses it."""
+
+
+class _SkipBatch(Exception):
+    def __init__(self, term: str) -> None:
+        self.term = term
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
@@ -75,6 +85,11 @@ class DALETrainer(SupervisedTrainer):
         mask_n_key: batch key of M^n.
         mask_f_key: batch key of M^f.
         clip_grad_norm: if set, clip the gradient norm of both real steps to this value (after AMP unscaling).
+        nonfinite: what a NaN/Inf in a loss term, ω or a gradient does: ``"raise"`` stops training with
+            :class:`NonFiniteError` naming the term, before the optimizer step, so weights (and the
+            checkpoints written from them) stay finite; ``"skip"`` drops the rest of that batch (no further
+            optimizer step), logs a warning and counts it in ``engine.state.skipped_batches``. With AMP,
+            non-finite gradients are left to the GradScaler, which skips such steps by design.
     """
 
     def __init__(
@@ -91,6 +106,7 @@ class DALETrainer(SupervisedTrainer):
         mask_n_key: str = DALEKeys.MASK_N,
         mask_f_key: str = DALEKeys.MASK_F,
         clip_grad_norm: float | None = None,
+        nonfinite: str = "raise",
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -117,6 +133,8 @@ class DALETrainer(SupervisedTrainer):
             raise ValueError(f"inner_lr must be > 0 or None, got {inner_lr!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm!r}")
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         event_names = list(event_names or []) + [DALEEvents]
         extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
         super().__init__(
@@ -152,6 +170,7 @@ class DALETrainer(SupervisedTrainer):
         self.mask_n_key = mask_n_key
         self.mask_f_key = mask_f_key
         self.clip_grad_norm = clip_grad_norm
+        self.nonfinite = nonfinite
 
     # ----------------------------------------------------------------------------------------- losses
     @staticmethod
@@ -201,7 +220,21 @@ class DALETrainer(SupervisedTrainer):
                 return logits_of(engine.inferer(inputs, engine.network))
         return logits_of(engine.inferer(inputs, engine.network))
 
-    def _optimizer_step(self, engine: DALETrainer, loss: Tensor) -> None:
+    def check_finite(self, engine: DALETrainer, value: Tensor, term: str) -> None:
+        """Apply the ``nonfinite`` policy if ``value`` holds a NaN or Inf."""
+        if bool(torch.isfinite(value).all()):
+            return
+        if self.nonfinite == "skip":
+            raise _SkipBatch(term)
+        raise NonFiniteError(
+            f"{term} became non-finite at epoch {engine.state.epoch}, iteration {engine.state.iteration}; training "
+            "stopped before the optimizer step, so the weights and the last checkpoint are still finite. "
+            "Check the inputs of this batch (NaN/Inf intensities), lower the learning rate, or pass "
+            "nonfinite='skip' to drop such batches."
+        )
+
+    def _optimizer_step(self, engine: DALETrainer, loss: Tensor, term: str) -> None:
+        self.check_finite(engine, loss.detach(), term)
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
             if self.clip_grad_norm is not None:
@@ -211,6 +244,9 @@ class DALETrainer(SupervisedTrainer):
             engine.scaler.update()
         else:
             loss.backward()
+            grads = [p.grad.detach().norm() for p in engine.network.parameters() if p.grad is not None]
+            if grads:
+                self.check_finite(engine, torch.stack(grads), f"gradient of the {term}")
             if self.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
             engine.optimizer.step()
@@ -227,7 +263,7 @@ class DALETrainer(SupervisedTrainer):
         engine.fire_event(DALEEvents.NONFUZZY_FORWARD_COMPLETED)
         y_n, w_n = self.region_target(targets, mask_n, pred_n.shape[1])
         loss_n = self.reduced_loss(pred_n, y_n, w_n)
-        self._optimizer_step(engine, loss_n)
+        self._optimizer_step(engine, loss_n, "non-fuzzy loss")
         engine.fire_event(DALEEvents.NONFUZZY_COMPLETED)
         return loss_n.detach(), y_n, w_n
 
@@ -251,6 +287,7 @@ class DALETrainer(SupervisedTrainer):
                 grad_reducer=_all_reduce_mean if distributed else None,
             )
         engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = result.frac_small_grad
+        self.check_finite(engine, result.omega, "ω (meta step)")
         return result.omega
 
     def fuzzy_step(
@@ -258,19 +295,33 @@ class DALETrainer(SupervisedTrainer):
     ) -> Tensor:
         """Eqs. 2 and 15: one optimizer step on the fuzzy region (θ_n → θ_f) with the ω-weighted loss."""
         extra = None
-        for term in terms:
+        for i, term in enumerate(terms):
+            self.check_finite(engine, torch.as_tensor(term).detach(), f"fuzzy loss term {i} (e.g. α·L_W)")
             extra = term if extra is None else extra + term
         loss_f = self.reduced_loss(pred_f, y_f, weight_f, extra)
         engine.state.output[Keys.PRED] = pred_f.detach()
         engine.state.output[DALEKeys.LOSS_F] = loss_f.detach()
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        self._optimizer_step(engine, loss_f)
+        self._optimizer_step(engine, loss_f, "fuzzy loss")
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
         engine.fire_event(DALEEvents.FUZZY_COMPLETED)
         return loss_f.detach()
 
     # ----------------------------------------------------------------------------------------- iteration
     def _iteration(self, engine: DALETrainer, batchdata: dict[str, Tensor]) -> dict:  # type: ignore[override]
+        try:
+            return self._dale_iteration(engine, batchdata)
+        except _SkipBatch as skip:
+            engine.optimizer.zero_grad(set_to_none=True)
+            engine.state.skipped_batches = getattr(engine.state, "skipped_batches", 0) + 1
+            engine.logger.warning(
+                f"{skip.term} became non-finite at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "
+                f"batch skipped ({engine.state.skipped_batches} so far)"
+            )
+            engine.state.output = {Keys.LOSS: torch.tensor(float("nan")), "skipped": skip.term}
+            return engine.state.output
+
+    def _dale_iteration(self, engine: DALETrainer, batchdata: dict[str, Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)

@@ -83,11 +83,12 @@ def test_output_carries_losses_and_omega_statistics():
     assert 0.4 < out[DALEKeys.FUZZY_FRACTION] < 0.6
 
 
-def test_norm_statistics_advance_once_per_real_step():
-    trainer, net, _ = _trainer()
+@pytest.mark.parametrize("norm_stats,per_iteration", [("nonfuzzy", 1), ("both", 2)])
+def test_norm_statistics_advance_only_on_chosen_real_forwards(norm_stats, per_iteration):
+    trainer, net, _ = _trainer(norm_stats=norm_stats)
     trainer.run()
     tracked = [int(m.num_batches_tracked) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert tracked and all(t == 2 * 3 for t in tracked)
+    assert tracked and all(t == per_iteration * 3 for t in tracked)  # virtual passes never count
 
 
 def test_handler_terms_enter_the_fuzzy_loss():
@@ -143,7 +144,7 @@ def test_missing_masks_say_which_transform_to_add():
 
 @pytest.mark.parametrize("kw,match", [(dict(mask_mode="soft"), "mask_mode"), (dict(inner_lr=-1.0), "inner_lr"),
                                       (dict(clip_grad_norm=0.0), "clip_grad_norm"),
-                                      (dict(nonfinite="ignore"), "nonfinite")])
+                                      (dict(nonfinite="ignore"), "nonfinite"), (dict(norm_stats="x"), "norm_stats")])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         _trainer(**kw)

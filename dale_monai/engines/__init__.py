@@ -1,4 +1,4 @@
-from .trainer import MASK_MODES, NONFINITE_POLICIES, DALETrainer, NonFiniteError
+from .trainer import MASK_MODES, NONFINITE_POLICIES, NORM_STATS, DALETrainer, NonFiniteError
 from .utils import DALEEvents, DALEKeys
 
-__all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POLICIES", "NonFiniteError"]
+__all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError"]

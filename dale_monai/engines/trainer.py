@@ -17,10 +17,11 @@ from torch.utils.data import DataLoader
 from ..meta import OmegaMetaStep, logits_of, network_closures, virtual_norm_mode
 from .utils import DALEEvents, DALEKeys
 
-__all__ = ["DALETrainer", "MASK_MODES", "NONFINITE_POLICIES", "NonFiniteError"]
+__all__ = ["DALETrainer", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError"]
 
 MASK_MODES = ("paper", "weight")
 NONFINITE_POLICIES = ("raise", "skip")
+NORM_STATS = ("nonfuzzy", "both")
 
 
 class NonFiniteError(FloatingPointError):
@@ -90,6 +91,11 @@ class DALETrainer(SupervisedTrainer):
             checkpoints written from them) stay finite; ``"skip"`` drops the rest of that batch (no further
             optimizer step), logs a warning and counts it in ``engine.state.skipped_batches``. With AMP,
             non-finite gradients are left to the GradScaler, which skips such steps by design.
+        norm_stats: which real forwards update the running statistics of normalisation layers:
+            ``"nonfuzzy"`` (default) only the non-fuzzy step's, whose input M^n ⊙ X is the raw image outside the
+            fuzziest patches; the fuzzy forward then normalises with batch statistics and writes nothing, exactly
+            as the meta step's virtual passes do. ``"both"`` lets both real forwards update them (twice per
+            iteration), which mixes in the statistics of the darkened fuzzy input.
     """
 
     def __init__(
@@ -107,6 +113,7 @@ class DALETrainer(SupervisedTrainer):
         mask_f_key: str = DALEKeys.MASK_F,
         clip_grad_norm: float | None = None,
         nonfinite: str = "raise",
+        norm_stats: str = "nonfuzzy",
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -133,6 +140,8 @@ class DALETrainer(SupervisedTrainer):
             raise ValueError(f"inner_lr must be > 0 or None, got {inner_lr!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm!r}")
+        if norm_stats not in NORM_STATS:
+            raise ValueError(f"norm_stats must be one of {NORM_STATS}, got {norm_stats!r}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
         event_names = list(event_names or []) + [DALEEvents]
@@ -171,6 +180,7 @@ class DALETrainer(SupervisedTrainer):
         self.mask_f_key = mask_f_key
         self.clip_grad_norm = clip_grad_norm
         self.nonfinite = nonfinite
+        self.norm_stats = norm_stats
 
     # ----------------------------------------------------------------------------------------- losses
     @staticmethod
@@ -341,7 +351,13 @@ class DALETrainer(SupervisedTrainer):
         loss_n, y_n, w_n = self.nonfuzzy_step(engine, x_n, targets, mask_n)
 
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        pred_f = self._forward(engine, x_f)
+        if self.norm_stats == "nonfuzzy":
+            # the fuzzy input M^f ⊙ X is darkened almost everywhere: its feature statistics would skew the
+            # running BatchNorm estimates that evaluation on raw images relies on
+            with virtual_norm_mode(_unwrap(engine.network)):
+                pred_f = self._forward(engine, x_f)
+        else:
+            pred_f = self._forward(engine, x_f)
         engine.fire_event(DALEEvents.FUZZY_FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         y_f, w_f = self.region_target(targets, mask_f, pred_f.shape[1])

@@ -11,7 +11,18 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["bundle_root", "load_datalist", "DatasetNotFoundError"]
+__all__ = [
+    "bundle_root",
+    "load_datalist",
+    "DatasetNotFoundError",
+    "find_inputs",
+    "image_items",
+    "inference_datalist",
+    "INPUT_SUFFIXES",
+]
+
+#: single-file inputs that inference reads (DICOM comes as a series folder, or single ``.dcm`` files)
+INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -92,3 +103,115 @@ def load_datalist(dataset_dir: str, section: str, prepare_command: str, datalist
         more = f"\n    ... and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise ValueError(f"{path}: section '{section}' lists {len(missing)} missing file(s):\n    {shown}{more}")
     return out
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _dicom_series_dir(folder: Path) -> bool:
+    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and all(_is_dicom(p) for p in files)
+
+
+def find_inputs(input_dir: str | os.PathLike) -> list[str]:
+    """The inference inputs in a folder: image and NIfTI files, and DICOM series folders.
+
+    A folder holding only DICOM files is one series (read as one volume); otherwise its files with a suffix in
+    :data:`INPUT_SUFFIXES` are inputs, and each sub-folder holding only DICOM files is one series. A path to a
+    single file is that one input.
+
+    Args:
+        input_dir: a folder, or one file.
+
+    Raises:
+        FileNotFoundError: when the path does not exist.
+        ValueError: when the folder holds no input.
+    """
+    root = Path(input_dir).expanduser().resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"input_dir {root} does not exist")
+    if root.is_file():
+        return [str(root)]
+    if _dicom_series_dir(root):
+        return [str(root)]
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and _suffix(p) in INPUT_SUFFIXES and _suffix(p) != ".dcm":
+            out.append(str(p))
+        elif p.is_dir() and _dicom_series_dir(p):
+            out.append(str(p))
+    if not out:
+        raise ValueError(
+            f"input_dir {root}: no inputs found (files ending in {', '.join(s for s in INPUT_SUFFIXES if s != '.dcm')}, "
+            "or DICOM series folders)"
+        )
+    return out
+
+
+def image_items(datalist: str | os.PathLike | list) -> list[dict]:
+    """Inference items ``[{"image": path}, ...]`` from a list of paths or dicts, or a JSON file.
+
+    Args:
+        datalist: a list of paths or of dicts with an ``image`` key; or the path of a JSON file holding such a list,
+            or a MONAI datalist whose ``test`` (else ``testing``) section is taken. Relative paths in a JSON file
+            are relative to its folder.
+
+    Raises:
+        ValueError: for an empty list, or an entry without an image.
+        FileNotFoundError: for a listed input that does not exist.
+    """
+    base = Path.cwd()
+    if isinstance(datalist, (str, os.PathLike)):
+        path = Path(datalist).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"datalist {path} does not exist")
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(doc, dict):
+            doc = doc.get("test", doc.get("testing"))
+            if doc is None:
+                raise ValueError(f"{path}: a datalist needs a 'test' or 'testing' section for inference")
+        datalist, base = doc, path.parent
+    items = []
+    for entry in datalist:
+        image = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(image, (str, os.PathLike)):
+            raise ValueError(f"datalist entry {entry!r} has no image path")
+        p = Path(image).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.exists():
+            raise FileNotFoundError(f"datalist input {p} does not exist")
+        items.append({"image": str(p)})
+    if not items:
+        raise ValueError("the inference datalist is empty")
+    return items
+
+
+def inference_datalist(input_dir: str | os.PathLike | None, dataset_dir: str, prepare_command: str) -> list:
+    """Inputs of a bundle's inference: those of ``input_dir`` (:func:`find_inputs`), else the dataset's test set.
+
+    Args:
+        input_dir: a folder or a file of inputs; None takes the ``test`` section of the bundle's dataset.
+        dataset_dir: the bundle's dataset (see :func:`load_datalist`).
+        prepare_command: the command creating the dataset, quoted when it is missing.
+    """
+    if input_dir:
+        return find_inputs(input_dir)
+    return load_datalist(dataset_dir, "test", prepare_command)

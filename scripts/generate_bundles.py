@@ -68,59 +68,127 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 """
 
 
+IMPORTS = ["$import os", "$import torch", "$import monai", "$import ignite", "$import dale_monai",
+           "$import dale_monai.bundle", "$import dale_monai.networks"]
+
+
 def _binary(ds: dict) -> bool:
     return int(ds["num_classes"]) == 2
 
 
-def _loader(ds: dict, keys: list[str]) -> list[dict]:
-    load = [
-        {"_target_": "LoadImaged", "keys": keys, "reader": ds["image_reader"], "image_only": True},
-        {"_target_": "EnsureChannelFirstd", "keys": keys},
-    ]
-    return load
+def _out_channels(ds: dict) -> int:
+    return 1 if _binary(ds) else int(ds["num_classes"])
 
 
-def _preprocessing(ds: dict, with_label: bool) -> list[dict]:
+def _net_name(bb: dict) -> str:
+    return bb["_target_"].rsplit(".", 1)[-1]
+
+
+def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dict]:
+    """Load, channels, intensity and resize: shared by training, validation, evaluation and inference.
+
+    Inference and evaluation (``volume_size``) resize 2D networks' inputs to ``[h, w, -1]``: a 2D image gets a
+    singleton third axis that ``Invertd`` removes again, a volume keeps its slices for the ``SliceInferer``, and
+    labels stay at their original size so metrics are computed on the original grid.
+    """
     keys = ["image", "label"] if with_label else ["image"]
-    mode = ["bilinear", "nearest"] if with_label else ["bilinear"]
-    out = _loader(ds, keys)
-    out += [
-        {"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0},
-        {"_target_": "Resized", "keys": keys, "spatial_size": "@spatial_size", "mode": mode},
+    out: list[dict] = [
+        # no fixed reader: PNG/JPG/BMP (PIL), NIfTI (nibabel), DICOM series folders (ITK) by their suffix
+        {"_target_": "LoadImaged", "keys": keys, "image_only": True},
+        {"_target_": "EnsureChannelFirstd", "keys": keys},
+        {"_target_": "dale_monai.bundle_transforms.AdaptChannelsd", "keys": "image", "channels": "@in_channels",
+         "spatial_dims": "@spatial_dims"},
     ]
+    if ds["intensity"] == "scale":
+        out.append({"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})
+    elif ds["intensity"] != "none":
+        raise ValueError(f"intensity must be 'scale' or 'none', got {ds['intensity']!r}")
+    out.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
+    if volume_size:
+        size = "$list(@spatial_size) + [-1]" if ds["dims"] == 2 else "@spatial_size"
+        out.append({"_target_": "Resized", "keys": "image", "spatial_size": size, "mode": "bilinear" if ds["dims"] == 2
+                    else "trilinear"})
+    else:
+        mode = "bilinear" if ds["dims"] == 2 else "trilinear"
+        out.append({"_target_": "Resized", "keys": keys, "spatial_size": "@spatial_size",
+                    "mode": [mode, "nearest"] if with_label else [mode]})
     if with_label:
         # labels are class indices; anything resampled stays an index
         out.append({"_target_": "EnsureTyped", "keys": "label", "dtype": "$torch.float32"})
     return out
 
 
-def train_config(name: str, ds: dict, bb: dict) -> dict:
-    binary = _binary(ds)
-    cfg: dict = {
-        "imports": ["$import os", "$import torch", "$import monai", "$import ignite", "$import dale_monai"],
+def _postprocessing(binary: bool, ds: dict) -> dict:
+    if binary:
+        steps = [
+            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
+        ]
+    else:
+        n = ds["num_classes"]
+        steps = [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": n},
+        ]
+    return {"_target_": "Compose", "transforms": steps}
+
+
+def _restore_to_input(binary: bool) -> list[dict]:
+    """Postprocessing of inference and evaluation: a label map on the input's own grid.
+
+    Binary: the probability is resampled (bilinear) and then thresholded, giving smooth borders; multi-class:
+    the argmax is taken first and resampled nearest, so no (C, H, W, D) probability volume is ever resampled.
+    """
+    invert = {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+              "nearest_interp": not binary, "to_tensor": True}
+    if binary:
+        return [{"_target_": "Activationsd", "keys": "pred", "sigmoid": True}, invert,
+                {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}]
+    return [{"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True}, invert]
+
+
+def _common(name: str, ds: dict, bb: dict) -> dict:
+    return {
+        "imports": list(IMPORTS),
         "bundle_root": f"$dale_monai.bundle.bundle_root('{name}')",
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
-        "log_dir": "$os.path.join(@bundle_root, 'logs')",
         "dataset_dir": f"$os.path.join(@bundle_root, '..', '..', '{ds['dataset_dir']}')",
         "prepare_command": ds["prepare"],
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "spatial_dims": ds["dims"],
+        "spatial_size": ds["spatial_size"],
+        "in_channels": ds["in_channels"],
+        "out_channels": _out_channels(ds),
+        "num_classes": ds["num_classes"],
+        "network_def": {"_target_": bb["_target_"], "spatial_dims": "@spatial_dims", "in_channels": "@in_channels",
+                        "out_channels": "@out_channels", **bb["args"]},
+        "network": "$@network_def.to(@device)",
+    }
+
+
+def train_config(name: str, ds: dict, bb: dict) -> dict:
+    binary = _binary(ds)
+    common = _common(name, ds, bb)
+    cfg: dict = {
+        **{k: common[k] for k in ("imports", "bundle_root", "ckpt_dir", "output_dir")},
+        "log_dir": "$os.path.join(@bundle_root, 'logs')",
+        **{k: common[k] for k in ("dataset_dir", "prepare_command")},
         "train_datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, 'training', @prepare_command)",
         "val_datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, 'validation', @prepare_command)",
-        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "device": common["device"],
         "seed": 0,
         "num_epochs": ds["num_epochs"],
         "batch_size": ds["batch_size"],
         "val_interval": ds["val_interval"],
         "learning_rate": ds["learning_rate"],
         "num_workers": 0,
-        "spatial_dims": ds["dims"],
-        "spatial_size": ds["spatial_size"],
-        "in_channels": ds["in_channels"],
-        "out_channels": 1 if binary else ds["num_classes"],
+        **{k: common[k] for k in ("spatial_dims", "spatial_size", "in_channels", "out_channels", "num_classes")},
         "amp": False,
         "resume": False,
         "dale": {
-            "patch_size": 16,
+            "patch_size": ds["patch_size"],
             "tau": 0.9,
             "bins": 256,
             "edge": "morph",
@@ -133,12 +201,12 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "alpha": 0.05,
             "mask_mode": "paper",
         },
-        "network_def": {"_target_": bb["_target_"], **bb["args"]},
-        "network": "$@network_def.to(@device)",
+        "network_def": common["network_def"],
+        "network": common["network"],
         "loss": {"_target_": "dale_monai.losses.DALELoss", "ce_weight": 1.0, "dice_weight": 0.0},
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
         "train": {
-            "deterministic_transforms": _preprocessing(ds, True),
+            "deterministic_transforms": _image_transforms(ds, True, False),
             "random_transforms": [
                 {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
                 {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
@@ -163,8 +231,6 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "handlers": [
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},
-                {"_target_": "dale_monai.handlers.wasserstein.WassersteinAlignment", "alpha": "@dale#alpha",
-                 "seed": "@seed"},
                 {"_target_": "dale_monai.handlers.progress.ProgressBarHandler",
                  "output_keys": ["loss", "loss_nonfuzzy", "loss_fuzzy", "omega_mean"]},
                 {"_target_": "StatsHandler", "tag_name": "train_loss", "iteration_log": False,
@@ -172,7 +238,13 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                 {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "tag_name": "train_loss",
                  "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
                 {"_target_": "dale_monai.handlers.checkpoint.LastCheckpoint", "save_dir": "@ckpt_dir",
-                 "save_dict": {"model": "@network", "optimizer": "@optimizer"}, "resume": "@resume"},
+                 "save_dict": {"model": "$dale_monai.networks.unwrap_model(@network)", "optimizer": "@optimizer"},
+                 "resume": "@resume"},
+            ],
+            # handlers that are part of the DALE algorithm, kept apart so that the plain overlay drops them
+            "dale_handlers": [
+                {"_target_": "dale_monai.handlers.wasserstein.WassersteinAlignment", "alpha": "@dale#alpha",
+                 "seed": "@seed"},
             ],
             "trainer": {
                 "_target_": "dale_monai.engines.DALETrainer",
@@ -188,7 +260,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                 "mask_mode": "@dale#mask_mode",
                 "inferer": "@train#inferer",
                 "postprocessing": "@train#postprocessing",
-                "train_handlers": "@train#handlers",
+                "train_handlers": "$@train#handlers + @train#dale_handlers",
                 "amp": "@amp",
             },
         },
@@ -203,7 +275,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "handlers": [
                 {"_target_": "StatsHandler", "iteration_log": False},
                 {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
-                {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir", "save_dict": {"model": "@network"},
+                {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir",
+                 "save_dict": {"model": "$dale_monai.networks.unwrap_model(@network)"},
                  "save_key_metric": True, "key_metric_filename": "model.pt"},
                 {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*", "metric_details": "*",
                  "batch_transform": "$lambda x: [xx['image'].meta for xx in x]", "summary_ops": "*"},
@@ -242,21 +315,6 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
     return cfg
 
 
-def _postprocessing(binary: bool, ds: dict) -> dict:
-    if binary:
-        steps = [
-            {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
-            {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5},
-        ]
-    else:
-        n = ds["num_classes"]
-        steps = [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False], "to_onehot": n},
-        ]
-    return {"_target_": "Compose", "transforms": steps}
-
-
 def plain_overlay() -> dict:
     """Overlay that trains the same bundle with MONAI's standard SupervisedTrainer (for comparison)."""
     return {
@@ -270,16 +328,113 @@ def plain_overlay() -> dict:
             "loss_function": "@loss",
             "inferer": "@train#inferer",
             "postprocessing": "@train#postprocessing",
-            "train_handlers": "$[h for h in @train#handlers if type(h).__name__ != 'WassersteinAlignment']",
+            "train_handlers": "$@train#handlers + @train#dale_handlers",
             "amp": "@amp",
         },
         "train#partition": [],
+        "train#dale_handlers": [],
+    }
+
+
+def multi_gpu_overlay(bb: dict) -> dict:
+    """Overlay for ``torchrun --nproc_per_node=N``: DDP, distributed samplers, output handlers on rank 0 only."""
+    return {
+        "imports": IMPORTS + ["$import torch.distributed as dist", "$import dale_monai.distributed"],
+        "device": "$dale_monai.distributed.local_device()",
+        "find_unused_parameters": bool(bb.get("find_unused_parameters", False)),
+        "network": "$dale_monai.distributed.distributed_network(@network_def, @device, @find_unused_parameters)",
+        "train#sampler": {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
+                          "shuffle": True},
+        "train#dataloader#sampler": "@train#sampler",
+        "train#dataloader#shuffle": False,
+        "train#trainer#train_handlers": "$dale_monai.distributed.handlers_for_rank(@train#handlers + @train#dale_handlers)",
+        "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset", "even_divisible": False,
+                             "shuffle": False},
+        "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": "$dale_monai.distributed.handlers_for_rank(@validate#handlers)",
+        "initialize": ["$dale_monai.distributed.init_distributed(@device)", "$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@train#trainer.run()"],
+        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+    }
+
+
+def _inference_pre(ds: dict, with_label: bool) -> dict:
+    return {"_target_": "Compose", "transforms": _image_transforms(ds, with_label, True)}
+
+
+def _inferer(ds: dict) -> dict:
+    if ds["dims"] == 2:
+        # 2D networks run slice by slice along the last axis: 2D images carry one slice, volumes many
+        return {"_target_": "SliceInferer", "roi_size": "@spatial_size", "spatial_dim": 2, "sw_batch_size": 4,
+                "progress": False}
+    return {"_target_": "SimpleInferer"}
+
+
+def inference_config(name: str, ds: dict, bb: dict) -> dict:
+    binary = _binary(ds)
+    common = _common(name, ds, bb)
+    checkpoint = {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                  "map_location": "@device"}
+    return {
+        **{k: common[k] for k in ("imports", "bundle_root", "ckpt_dir", "output_dir")},
+        "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
+        **{k: common[k] for k in ("dataset_dir", "prepare_command")},
+        "input_dir": None,
+        "datalist": "$dale_monai.bundle.inference_datalist(@input_dir, @dataset_dir, @prepare_command)",
+        **{k: common[k] for k in ("device", "spatial_dims", "spatial_size", "in_channels", "out_channels",
+                                  "num_classes", "network_def", "network")},
+        "preprocessing": _inference_pre(ds, with_label=False),
+        "dataset": {"_target_": "Dataset", "data": "$dale_monai.bundle.image_items(@datalist)",
+                    "transform": "@preprocessing"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                       "num_workers": 0},
+        "inferer": _inferer(ds),
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": _restore_to_input(binary) + [
+                {"_target_": "dale_monai.bundle_transforms.SaveMaskd", "keys": "pred", "output_dir": "@output_dir",
+                 "output_postfix": "seg"}
+            ],
+        },
+        "handlers": [checkpoint, {"_target_": "StatsHandler", "iteration_log": False}],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+            "amp": False,
+        },
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def evaluate_overlay(ds: dict) -> dict:
+    """Overlay on inference.json: the test section, labels kept at their original size, per-case metrics."""
+    binary = _binary(ds)
+    return {
+        "test_section": "test",
+        "datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, @test_section, @prepare_command)",
+        "dataset#data": "$[{'image': d['image'], 'label': d['label']} for d in @datalist]",
+        "preprocessing": _inference_pre(ds, with_label=True),
+        "postprocessing": {"_target_": "Compose", "transforms": _restore_to_input(binary)},
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+             "map_location": "@device"},
+            {"_target_": "dale_monai.evaluation.CaseMetricsSaver", "output_dir": "@output_dir",
+             "num_classes": "@num_classes", "prefix": "@test_section"},
+        ],
+        "run": ["$@evaluator.run()"],
+        "evaluating": "@run",
     }
 
 
 def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
     binary = _binary(ds)
-    out_channels = 1 if binary else ds["num_classes"]
+    out_channels = _out_channels(ds)
+    names = ", ".join(f"{k}: {v}" for k, v in ds["label_names"].items())
     return {
         "schema": SCHEMA_URL,
         "version": VERSION,
@@ -290,9 +445,9 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
         "required_packages_version": {"dale-monai": VERSION},
         "supported_apps": {"monai-label": ""},
         "name": name,
-        "task": f"Lesion segmentation on {ds['description']}, trained with DALE",
+        "task": f"{ds['task'].capitalize()} on {ds['description']}, trained with DALE",
         "description": (
-            f"{bb['_target_'].rsplit('.', 1)[-1]} trained with DALE (data-driven alternating learning, CVPR 2025) "
+            f"{_net_name(bb)} trained with DALE (data-driven alternating learning, CVPR 2025) "
             f"on {ds['description']}: alternating non-fuzzy / fuzzy steps with per-pixel label confidence and "
             "Wasserstein feature alignment, for training on noisy lesion borders."
         ),
@@ -301,8 +456,8 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
         "data_source": ds["description"],
         "data_type": ds["modality"],
         "image_classes": f"{ds['in_channels']} channel(s), intensities scaled to [0, 1]",
-        "label_classes": ", ".join(f"{k}: {v}" for k, v in ds["label_names"].items()),
-        "pred_classes": ", ".join(f"{k}: {v}" for k, v in ds["label_names"].items()),
+        "label_classes": names,
+        "pred_classes": names + (" (one sigmoid channel, thresholded at 0.5)" if binary else " (softmax, argmax)"),
         "eval_metrics": {},
         "intended_use": "Research only. Not for clinical diagnosis.",
         "references": [
@@ -320,7 +475,8 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": False,
-                    "channel_def": {str(i): f"channel {i}" for i in range(ds["in_channels"])},
+                    "channel_def": ({"0": "image"} if ds["in_channels"] == 1 else
+                                    {str(i): c for i, c in enumerate(("red", "green", "blue"))}),
                 }
             },
             "outputs": {
@@ -332,54 +488,125 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
                     "dtype": "float32",
                     "value_range": [0, 1],
                     "is_patch_data": False,
-                    "channel_def": ({"0": "lesion (logit)"} if binary else
-                                    {str(v): k for k, v in ds["label_names"].items()}),
+                    # the values of the written mask (MONAI Label reads this as label name -> value)
+                    "channel_def": {str(v): k for k, v in ds["label_names"].items()},
                 }
             },
         },
     }
 
 
+def _cli(name: str, *files: str) -> str:
+    paths = [f"bundles/{name}/configs/{f}" for f in files]
+    if len(paths) == 1:
+        return f"--config_file {paths[0]}"
+    return "--config_file \"[" + ",".join(f"'{p}'" for p in paths) + "]\""
+
+
 def readme(name: str, ds: dict, bb: dict) -> str:
-    net = bb["_target_"].rsplit(".", 1)[-1]
+    net = _net_name(bb)
     prep = ds["prepare"].format(out=ds["dataset_dir"])
+    size = "x".join(str(s) for s in ds["spatial_size"])
+    shape = [1, ds["in_channels"], *ds["spatial_size"]]
+    if bb.get("export", "script") == "trace":
+        export_flags = f" --use_trace True --input_shape \"{shape}\""
+        export_note = f" ({net} is exported by tracing: TorchScript cannot compile it)"
+    else:
+        export_flags, export_note = "", ""
+    sections = ds.get("test_sections", ["test"])
+    test_note = ("" if len(sections) == 1 else
+                 f" Other test sections: {', '.join('`' + s + '`' for s in sections[1:])} (`--test_section NAME`).")
+    if ds["dims"] == 2:
+        inputs = ("PNG/JPG/BMP/TIFF images, NIfTI files (2D, or volumes processed slice by slice), DICOM series "
+                  "folders (one or more slices). Each input is resized to " + size + " per slice; the mask is "
+                  "resized back to the input's grid, so it has the input's size, affine and spacing. Masks are "
+                  "written as `<name>_seg.png` for image files and `<name>_seg.nii.gz` otherwise (class indices, "
+                  "uint8).")
+    else:
+        inputs = ("NIfTI volumes and DICOM series folders, resized to " + size + " and the mask resized back to the "
+                  "input's grid (size, affine and spacing of the input), written as `<name>_seg.nii.gz` (class "
+                  "indices, uint8). 2D images are rejected with an error naming the file.")
+    ddp_note = " `find_unused_parameters` is on (U-Net++ keeps three unused heads)." if bb.get(
+        "find_unused_parameters") else ""
     return f"""# {name}
 
-{net} for lesion segmentation on {ds['description']}, trained with **DALE** (data-driven alternating
-learning, Fang et al., CVPR 2025) by [dale-monai](../../README.md). This file and the bundle's configs are
-generated from `bundles/matrix.yaml`; edit that file, not this one.
+{net} for {ds['task']} on {ds['description']}, trained with **DALE** (data-driven alternating learning,
+Fang et al., CVPR 2025) by [dale-monai](../../../README.md). This file and the bundle's configs are generated from
+`bundles/matrix.yaml` by `scripts/generate_bundles.py`; edit those, not the bundle.
+
+All commands run from the repository root (any working directory works: the bundle finds its own folder; set
+`--bundle_root DIR` to use a copy elsewhere).
 
 ## Data
-Prepare it once from the repository root:
+{ds['data_note']}
+
+Prepare it once:
 
     {prep}
 
-The bundle reads `{ds['dataset_dir']}/datalist.json` (override with `--dataset_dir DIR`). Without it, training
-stops with a message quoting the command above.
+The bundle reads `{ds['dataset_dir']}/datalist.json` (override with `--dataset_dir DIR`). Without it, training,
+evaluation and inference stop with a message quoting the command above.
 
 ## Training
-From the repository root (any working directory works: the bundle finds its own folder):
 
-    python -m monai.bundle run training --config_file bundles/{name}/configs/train.json
+    python -m monai.bundle run training {_cli(name, 'train.json')}
 
-Override anything on the command line, e.g. `--num_epochs 50 --batch_size 16 --device "$torch.device('cpu')"
---dale#tau 0.8 --dale#omega_reduction sum --dataset_dir /data/mine`. The same bundle trains with MONAI's standard
-`SupervisedTrainer` (for comparison) by adding one overlay:
+The run id `run` does the same (MONAI Label uses it). Override anything on the command line, e.g.
+`--num_epochs 50 --batch_size 16 --device "$torch.device('cpu')" --dataset_dir /data/mine --dale#tau 0.8
+--dale#alpha 0.05 --dale#omega_reduction sum`. Training shows a progress bar, validates every `val_interval`
+({ds['val_interval']}) epochs and writes:
 
-    python -m monai.bundle run training --config_file "['bundles/{name}/configs/train.json','bundles/{name}/configs/plain_train.json']"
+- `models/model.pt`: the best validation Dice, a plain `state_dict` (`torch.load(..., weights_only=True)`);
+- `models/checkpoint_last.pt`: model, optimizer and trainer state after every epoch; resume with `--resume true`;
+- `eval/metrics.csv` and per-case validation details; `logs/` for TensorBoard.
 
-Outputs: `models/model.pt` (best validation Dice, a plain `state_dict`), `models/checkpoint_last.pt` (model,
-optimizer and trainer state), `eval/metrics.csv` and per-case details (validation), `logs/` (TensorBoard).
+With MONAI's standard `SupervisedTrainer` instead of DALE (for comparison), add the plain overlay:
+
+    python -m monai.bundle run training {_cli(name, 'train.json', 'plain_train.json')}
+
+### Several GPUs (or CPU processes)
+
+    torchrun --nproc_per_node=2 -m monai.bundle run training {_cli(name, 'train.json', 'multi_gpu_train.json')}
+
+DistributedDataParallel (NCCL on GPUs, gloo on the CPU), a `DistributedSampler` (each process gets
+`batch_size` samples: the global batch is `N x batch_size`), logs and checkpoints on rank 0, the ω meta step's
+non-fuzzy gradient averaged over the processes.{ddp_note} Computed per process, as usual under DDP: BatchNorm
+statistics, the Wasserstein term's Gaussian statistics, and the meta step's virtual SGD step (so ω differs slightly
+from one process on the same global batch; the real gradients are averaged exactly). On the CPU, set
+`OMP_NUM_THREADS=1` (more threads than cores slow every process down many times).
 
 ## DALE settings (`dale#...`)
-`patch_size` 16, `tau` 0.9, `bins` 256, `edge` morph, `entropy` paper (Eq. 3 as printed), `omega_method` jvp
-(exact; `double_backward` is the reference), `omega_lr` 0.1, `omega_eps` 1e-8, `omega_steps` (K) 1,
-`omega_reduction` mean (the released behaviour; `sum`/`normalized` re-weight more strongly), `alpha` 0.05
-(weight of the Wasserstein term), `mask_mode` paper. See the repository's `README.md` and
-`../shared/METHOD.md` for what each means.
+`patch_size` {ds['patch_size']}, `tau` 0.9, `bins` 256, `edge` morph, `entropy` paper (Eq. 3 as printed),
+`omega_method` jvp (exact; `double_backward` is the reference), `omega_lr` 0.1, `omega_eps` 1e-8, `omega_steps` (K)
+1, `omega_reduction` mean (the released behaviour; `sum`/`normalized` re-weight more strongly), `alpha` 0.05
+(weight of the Wasserstein term), `mask_mode` paper. See the repository's `README.md` for what each means.
+
+## Evaluation
+On the `test` section of the dataset, at each image's original size:
+
+    python -m monai.bundle run evaluating {_cli(name, 'inference.json', 'evaluate.json')}
+
+writes `eval/test_per_case.csv` (Dice, mIoU, HD95, ASD per case, in the label's spacing, with empty-mask flags)
+and `eval/test_summary.json` (mean, std, n per metric).{test_note}
+
+## Inference
+
+    python -m monai.bundle run {_cli(name, 'inference.json')} --input_dir DIR
+
+or `--datalist "['a.png', 'b.nii.gz']"` (or the path of a JSON list or datalist). Without either it predicts the
+dataset's test images. Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
+`models/model.pt` (`--ckpt_path FILE`).
+
+## Export and checks
+
+    python -m monai.bundle verify_metadata --meta_file bundles/{name}/configs/metadata.json --filepath bundles/schema/{SCHEMA_NAME}
+    python -m monai.bundle verify_net_in_out network_def --meta_file bundles/{name}/configs/metadata.json {_cli(name, 'inference.json')}
+    python -m monai.bundle ckpt_export network_def --filepath bundles/{name}/models/model.ts --ckpt_file bundles/{name}/models/model.pt --meta_file bundles/{name}/configs/metadata.json {_cli(name, 'inference.json')}{export_flags}
+
+The last one writes TorchScript{export_note}.
 
 ## Results
-No measured results are recorded for this bundle yet; see `BENCHMARKS.md` in the repository.
+No measured results are recorded for this bundle: it ships no weights. See `BENCHMARKS.md` in the repository.
 
 ## Security
 A bundle is code: MONAI evaluates the `$` expressions of its configs. Load only bundles you trust.
@@ -395,6 +622,9 @@ def render(name: str, ds: dict, bb: dict, versions: dict) -> dict[str, str]:
     return {
         "configs/train.json": js(train_config(name, ds, bb)),
         "configs/plain_train.json": js(plain_overlay()),
+        "configs/multi_gpu_train.json": js(multi_gpu_overlay(bb)),
+        "configs/inference.json": js(inference_config(name, ds, bb)),
+        "configs/evaluate.json": js(evaluate_overlay(ds)),
         "configs/metadata.json": js(metadata(name, ds, bb, versions)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": readme(name, ds, bb),
@@ -402,38 +632,81 @@ def render(name: str, ds: dict, bb: dict, versions: dict) -> dict[str, str]:
     }
 
 
+ROW_KEYS = {"dataset", "backbone", "args"}
+REQUIRED_BACKBONES = ("unet", "swinunetr")
+
+
 def load_matrix(path: Path = MATRIX) -> dict[str, dict[str, str]]:
-    """Bundle name → rendered files, for every row of the matrix."""
+    """Bundle name → rendered files, for every row of the matrix.
+
+    Raises:
+        ValueError: for a row naming an unknown dataset, backbone or dataset key, a duplicate bundle, or a
+            dataset without the required UNet and SwinUNETR bundles.
+    """
     matrix = yaml.safe_load(path.read_text())
-    out = {}
-    for row in matrix["bundles"]:
+    out: dict[str, dict[str, str]] = {}
+    backbones_of: dict[str, set] = {name: set() for name in matrix["datasets"]}
+    for i, row in enumerate(matrix["bundles"]):
+        for key, table in (("dataset", "datasets"), ("backbone", "backbones")):
+            if row.get(key) not in matrix[table]:
+                raise ValueError(f"{path}: bundles[{i}]: unknown {key} {row.get(key)!r} (known: {sorted(matrix[table])})")
         ds = copy.deepcopy(matrix["datasets"][row["dataset"]])
         bb = copy.deepcopy(matrix["backbones"][row["backbone"]])
+        for key, value in row.items():
+            if key in ROW_KEYS:
+                continue
+            if key not in ds:
+                raise ValueError(f"{path}: bundles[{i}]: {key!r} is neither a row key {sorted(ROW_KEYS)} nor a "
+                                 f"setting of dataset {row['dataset']!r}")
+            ds[key] = value
+        bb["args"] = {**bb.get("args", {}), **row.get("args", {})}
         name = f"{row['dataset']}_{row['backbone']}"
+        if name in out:
+            raise ValueError(f"{path}: bundle {name} is listed twice")
         out[name] = render(name, ds, bb, matrix["versions"])
+        backbones_of[row["dataset"]].add(row["backbone"])
+    for dataset, found in backbones_of.items():
+        missing = [b for b in REQUIRED_BACKBONES if b not in found]
+        if missing:
+            raise ValueError(f"{path}: dataset {dataset!r} has no bundle with backbone(s) {missing}")
     return out
+
+
+def check(bundles: Path = BUNDLES, matrix: Path = MATRIX) -> list[str]:
+    """Paths under ``bundles`` that differ from their rendering, or are generated folders the matrix lacks."""
+    rendered = load_matrix(matrix)
+    differ = []
+    for name, files in rendered.items():
+        for rel, content in files.items():
+            path = bundles / name / rel
+            if not path.is_file() or path.read_text() != content:
+                differ.append(f"{name}/{rel}")
+    for folder in sorted(p for p in bundles.iterdir() if (p / "configs").is_dir()):
+        if folder.name not in rendered:
+            differ.append(f"{folder.name}/ (not in {matrix.name})")
+    return differ
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
+    parser.add_argument("--bundles", type=Path, default=BUNDLES, help="bundles folder (default: bundles/)")
+    parser.add_argument("--matrix", type=Path, default=MATRIX, help="the table (default: bundles/matrix.yaml)")
     args = parser.parse_args(argv)
-    differ = []
-    for name, files in load_matrix().items():
+    if args.check:
+        differ = check(args.bundles, args.matrix)
+        if differ:
+            print(f"bundles in {args.bundles} differ from {args.matrix}; run `python scripts/generate_bundles.py`:\n  "
+                  + "\n  ".join(differ), file=sys.stderr)
+            return 1
+        return 0
+    for name, files in load_matrix(args.matrix).items():
         for rel, content in files.items():
-            path = BUNDLES / name / rel
-            if args.check:
-                if not path.is_file() or path.read_text() != content:
-                    differ.append(str(path.relative_to(REPO)))
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if not path.is_file() or path.read_text() != content:
-                    path.write_text(content)
-                    print(f"wrote {path.relative_to(REPO)}")
-    if differ:
-        print("bundles differ from bundles/matrix.yaml; run `python scripts/generate_bundles.py`:\n  "
-              + "\n  ".join(differ), file=sys.stderr)
-        return 1
+            path = args.bundles / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.is_file() or path.read_text() != content:
+                path.write_text(content)
+                print(f"wrote {path.relative_to(args.bundles.parent) if args.bundles.parent in path.parents else path}")
     return 0
 
 

@@ -1,0 +1,135 @@
+"""What a bundle's ``multi_gpu_train.json`` calls under ``torchrun``: device, process group, DDP, rank handlers.
+
+``torchrun --nproc_per_node=N`` starts N processes with ``LOCAL_RANK``/``RANK``/``WORLD_SIZE`` set. Each one
+trains on its shard of every batch (``DistributedSampler``); ``DistributedDataParallel`` averages the real
+gradients and :class:`~dale_monai.engines.DALETrainer` averages the ω meta step's non-fuzzy gradient itself.
+Only rank 0 writes logs, progress bars and checkpoints (:func:`handlers_for_rank`); every rank still runs the
+handlers that compute something (validation, the Wasserstein term, checkpoint loading, LR schedules, metric
+gathering).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from torch import nn
+
+from .handlers.checkpoint import LastCheckpoint
+
+__all__ = ["local_device", "init_distributed", "distributed_network", "handlers_for_rank", "ResumeOnly",
+           "OUTPUT_ONLY_HANDLERS"]
+
+#: class names of handlers that only write output (logs, bars, files); dropped on ranks other than 0
+OUTPUT_ONLY_HANDLERS = (
+    "StatsHandler",
+    "TensorBoardStatsHandler",
+    "TensorBoardImageHandler",
+    "ProgressBarHandler",
+    "CheckpointSaver",
+)
+
+
+def local_device() -> torch.device:
+    """``cuda:<LOCAL_RANK>`` when CUDA is available, else the CPU (``LOCAL_RANK`` defaults to 0)."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def init_distributed(device: torch.device | str, timeout_s: float | None = None) -> int:
+    """Initialise the default process group from torchrun's environment: NCCL on GPUs, gloo on the CPU.
+
+    Args:
+        device: this process's device (:func:`local_device`); CUDA devices also become the current device.
+        timeout_s: collective timeout in seconds (None: PyTorch's default).
+
+    Returns:
+        this process's rank.
+
+    Raises:
+        RuntimeError: when not started by torchrun (no ``RANK``/``WORLD_SIZE``/``MASTER_ADDR`` environment).
+    """
+    if not dist.is_initialized():
+        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        if missing:
+            raise RuntimeError(
+                f"multi_gpu_train.json must be started by torchrun (environment lacks {missing}), e.g. "
+                "torchrun --nproc_per_node=2 -m monai.bundle run training --config_file "
+                "\"['configs/train.json','configs/multi_gpu_train.json']\""
+            )
+        device = torch.device(device)
+        kwargs = {}
+        if timeout_s is not None:
+            from datetime import timedelta
+
+            kwargs["timeout"] = timedelta(seconds=timeout_s)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **kwargs)
+    return dist.get_rank()
+
+
+def distributed_network(
+    network: nn.Module, device: torch.device | str, find_unused_parameters: bool = False
+) -> nn.parallel.DistributedDataParallel:
+    """Move ``network`` to ``device`` and wrap it in ``DistributedDataParallel``.
+
+    Args:
+        network: the bundle's ``network_def``.
+        device: this process's device.
+        find_unused_parameters: needed by networks with parameters outside the forward path (U-Net++ without deep
+            supervision keeps three unused heads).
+    """
+    device = torch.device(device)
+    network = network.to(device)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+class ResumeOnly:
+    """The loading half of a :class:`~dale_monai.handlers.checkpoint.LastCheckpoint`: resumes, never writes.
+
+    Ranks other than 0 must resume from the same checkpoint as rank 0 (DDP broadcasts the weights only when it
+    wraps the network) but must not write it concurrently.
+
+    Args:
+        checkpoint: the rank-0 handler whose file and objects to load.
+    """
+
+    def __init__(self, checkpoint: LastCheckpoint) -> None:
+        self.checkpoint = checkpoint
+
+    def attach(self, engine: Engine) -> None:
+        """Load at ``STARTED`` when the checkpoint resumes."""
+        self.checkpoint._engine = engine
+        engine.add_event_handler(Events.STARTED, self.checkpoint.load)
+
+
+def handlers_for_rank(handlers: Sequence | None, rank: int | None = None) -> list:
+    """The handlers one process attaches: all of them on rank 0; elsewhere, those that compute, not write.
+
+    Dropped on other ranks: :data:`OUTPUT_ONLY_HANDLERS`; a ``LastCheckpoint`` becomes :class:`ResumeOnly`.
+    Kept: everything else (``ValidationHandler``, ``WassersteinAlignment``, ``CheckpointLoader``, LR schedulers,
+    ``MetricsSaver``, which gathers across ranks and writes on rank 0 itself).
+
+    Args:
+        handlers: a bundle's handler list (None: no handlers).
+        rank: this process's rank; default: the process group's, or 0 without one.
+    """
+    handlers = list(handlers or [])
+    if rank is None:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if rank == 0:
+        return handlers
+    out = []
+    for h in handlers:
+        if isinstance(h, LastCheckpoint):
+            out.append(ResumeOnly(h))
+        elif type(h).__name__ not in OUTPUT_ONLY_HANDLERS:
+            out.append(h)
+    return out
+

@@ -1,0 +1,279 @@
+"""Every generated bundle: generated from the matrix, valid metadata, configs that resolve, bundle properties,
+the missing-dataset message, and the MONAI Label override contract."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+SCHEMA = BUNDLES / "schema" / "meta_schema_20240725.json"
+MATRIX = yaml.safe_load((BUNDLES / "matrix.yaml").read_text())
+NAMES = [f"{row['dataset']}_{row['backbone']}" for row in MATRIX["bundles"]]
+# constructing a workflow needs datasets, not data: one placeholder item, never loaded (no caching)
+_ITEM = [{"image": "never-loaded.png", "label": "never-loaded.png"}]
+PLACEHOLDER_DATA = {"train#dataset#data": _ITEM, "validate#dataset#data": _ITEM, "train#dataset#cache_rate": 0.0,
+                    "validate#dataset#cache_rate": 0.0}
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
+    100x slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("generate_bundles", REPO / "scripts" / "generate_bundles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _configs(name: str, *files: str) -> list[str]:
+    return [str(BUNDLES / name / "configs" / f) for f in files]
+
+
+# --------------------------------------------------------------------------------------------- the matrix
+def test_committed_bundles_match_the_generator():
+    assert _generator().check() == []
+
+
+def test_check_fails_on_a_hand_edited_or_stray_bundle(tmp_path, capsys):
+    gen = _generator()
+    copy = tmp_path / "bundles"
+    shutil.copytree(BUNDLES, copy, ignore=shutil.ignore_patterns("models", "eval", "logs"))
+    assert gen.main(["--check", "--bundles", str(copy)]) == 0
+    train = copy / "synthetic2d_unet" / "configs" / "train.json"
+    train.write_text(train.read_text().replace('"num_epochs": 12', '"num_epochs": 13'))
+    shutil.copytree(copy / "ph2_unet", copy / "handmade_unet")
+    (copy / "mosmed_unet" / "LICENSE").unlink()
+    assert gen.main(["--check", "--bundles", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert "synthetic2d_unet/configs/train.json" in err
+    assert "handmade_unet/ (not in matrix.yaml)" in err
+    assert "mosmed_unet/LICENSE" in err
+    # regenerating repairs the edits (the stray folder is the user's to delete)
+    assert gen.main(["--bundles", str(copy)]) == 0
+    shutil.rmtree(copy / "handmade_unet")
+    assert gen.check(copy) == []
+
+
+def test_matrix_rules(tmp_path):
+    datasets = {"synthetic2d", "synthetic3d", "covid_semiseg", "ph2", "isic2016_ph2", "polyp", "mosmed", "synapse"}
+    assert set(MATRIX["datasets"]) == datasets
+    assert set(MATRIX["backbones"]) == {"unet", "unetpp", "attentionunet", "swinunetr", "segresnet"}
+    for dataset in datasets:
+        assert {"unet", "swinunetr"} <= {r["backbone"] for r in MATRIX["bundles"] if r["dataset"] == dataset}
+    assert sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir()) == sorted(NAMES)
+    assert MATRIX["datasets"]["synapse"]["num_classes"] == 9
+    # the README's default stays as light as it is (12 epochs x 6 iterations of batch 8 at 96x96)
+    cfg = json.loads((BUNDLES / "synthetic2d_unet" / "configs" / "train.json").read_text())
+    assert (cfg["num_epochs"], cfg["batch_size"], cfg["spatial_size"]) == (12, 8, [96, 96])
+    assert cfg["network_def"]["channels"] == [16, 32, 64, 128]
+    # a broken matrix is an error naming the row
+    bad = dict(MATRIX, bundles=MATRIX["bundles"] + [{"dataset": "ph2", "backbone": "vit"}])
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="unknown backbone 'vit'"):
+        _generator().load_matrix(tmp_path / "m.yaml")
+    bad = dict(MATRIX, bundles=[r for r in MATRIX["bundles"]
+                              if (r["dataset"], r["backbone"]) != ("mosmed", "swinunetr")])
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="'mosmed' has no bundle with backbone"):
+        _generator().load_matrix(tmp_path / "m.yaml")
+
+
+# --------------------------------------------------------------------------------------------- per bundle
+@pytest.mark.parametrize("name", NAMES)
+def test_bundle_layout_and_metadata(name):
+    from monai.bundle import verify_metadata
+
+    root = BUNDLES / name
+    for rel in ("configs/train.json", "configs/plain_train.json", "configs/multi_gpu_train.json",
+                "configs/inference.json", "configs/evaluate.json", "configs/metadata.json", "configs/logging.conf",
+                "docs/README.md", "LICENSE"):
+        assert (root / rel).is_file(), rel
+    # offline: the shipped schema is the "download" target, so nothing is fetched
+    verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA))
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["name"] == name
+    inference = json.loads((root / "configs" / "inference.json").read_text())
+    assert "_meta_" not in json.dumps(inference)
+    for key in ("network_def", "preprocessing", "postprocessing", "inferer", "device", "bundle_root"):
+        assert key in inference
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == inference["in_channels"]
+    assert fmt["outputs"]["pred"]["num_channels"] == inference["out_channels"]
+    assert fmt["inputs"]["image"]["spatial_shape"] == inference["spatial_size"]
+    readme = (root / "docs" / "README.md").read_text()
+    assert "python -m data_prep" in readme and "No measured results" in readme
+
+
+def test_invalid_metadata_is_rejected(tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta = json.loads((BUNDLES / "synthetic2d_unet" / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="network_data_format"):  # MONAI wraps jsonschema's ValidationError
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+
+
+_REF = re.compile(r"@([\w#]+)")
+
+
+def _references(node, out: set) -> set:
+    if isinstance(node, dict):
+        for v in node.values():
+            _references(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _references(v, out)
+    elif isinstance(node, str):
+        out.update(_REF.findall(node))
+    return out
+
+
+COMBINATIONS = {
+    "train": ("train.json",),
+    "plain": ("train.json", "plain_train.json"),
+    "multi_gpu": ("train.json", "multi_gpu_train.json"),
+    "multi_gpu_plain": ("train.json", "plain_train.json", "multi_gpu_train.json"),
+    "inference": ("inference.json",),
+    "evaluate": ("inference.json", "evaluate.json"),
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_configs_parse_and_every_reference_resolves(name):
+    from monai.bundle import ConfigParser
+
+    for combo, files in COMBINATIONS.items():
+        parser = ConfigParser()
+        parser.read_config(_configs(name, *files))
+        parser.parse(reset=True)
+        for ref in _references(parser.get(), set()):
+            assert ref in parser, f"{name} {combo}: @{ref} does not exist"
+        # the documented run ids
+        for run_id in {"train": ("run", "training"), "evaluate": ("run", "evaluating")}.get(combo, ("run",)):
+            assert run_id in parser, f"{name} {combo}: no run id {run_id}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_properties_train_and_infer(name, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    train = ConfigWorkflow(config_file=_configs(name, "train.json"), workflow_type="train",
+                           bundle_root=str(tmp_path), **PLACEHOLDER_DATA)
+    train.initialize()
+    assert train.check_properties() == []
+    assert isinstance(train.network_def, torch.nn.Module)
+    assert train.max_epochs == train.parser["num_epochs"]
+    infer = ConfigWorkflow(config_file=_configs(name, "inference.json"), workflow_type="infer",
+                           bundle_root=str(tmp_path), **{"dataset#data": _ITEM})
+    infer.initialize()
+    assert infer.check_properties() == []
+    assert type(infer.network_def) is type(train.network_def)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundle_root_does_not_depend_on_the_working_directory(name, tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    monkeypatch.chdir(tmp_path)
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json"), workflow_type="train")
+    workflow.initialize()
+    assert Path(workflow.bundle_root) == BUNDLES / name
+    dataset = MATRIX["datasets"][name.rsplit("_", 1)[0]]["dataset_dir"]
+    assert Path(workflow.dataset_dir).resolve() == REPO / dataset
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_missing_dataset_names_the_data_prep_command(name, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from dale_monai.bundle import DatasetNotFoundError
+
+    dataset = name.rsplit("_", 1)[0]
+    converter = MATRIX["datasets"][dataset]["prepare"].split()[3]
+    for files, ref in ((("train.json",), "train_datalist"), (("inference.json",), "datalist"),
+                       (("inference.json", "evaluate.json"), "datalist")):
+        parser = ConfigParser()
+        parser.read_config(_configs(name, *files))
+        parser["dataset_dir"] = str(tmp_path / "absent")
+        with pytest.raises(Exception) as err:
+            parser.get_parsed_content(ref)
+        cause = err.value  # MONAI wraps the error of a "$" expression; the user sees the whole chain
+        while cause is not None and not isinstance(cause, DatasetNotFoundError):
+            cause = cause.__cause__
+        assert cause is not None, f"{name} {files}: {err.value!r}"
+        message = str(cause)
+        assert f"python -m data_prep {converter}" in message, message
+        assert f"--out {tmp_path / 'absent'}" in message, message
+
+
+# --------------------------------------------------------------------------------------------- MONAI Label
+@pytest.fixture(scope="module")
+def tiny2d(tmp_path_factory) -> Path:
+    from data_prep.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("tiny2d")
+    make_synthetic_dataset(out, dims=2, n_train=2, n_val=1, n_test=1, size=32, verbose=False)
+    return out
+
+
+def test_monai_label_override_contract(tmp_path, tiny2d):
+    """What MONAI Label's monaibundle app does: override the data, epochs, device and bundle root, prepend a
+    CheckpointLoader of the pretrained model to train#handlers, and run the id ``run``."""
+    from monai.bundle import ConfigParser, ConfigWorkflow, run
+
+    name = "synthetic2d_unet"
+    datalist = json.loads((tiny2d / "datalist.json").read_text())
+    items = {s: [{"image": str(tiny2d / d["image"]), "label": str(tiny2d / d["label"])} for d in datalist[s]]
+             for s in ("training", "validation")}
+    root = tmp_path / "bundle"
+    # a "pretrained" model.pt that the prepended loader must restore before training starts
+    parser = ConfigParser()
+    parser.read_config(_configs(name, "train.json"))
+    parser["spatial_size"] = [32, 32]
+    pretrained = {k: torch.randn_like(v) if v.is_floating_point() else v
+                  for k, v in parser.get_parsed_content("network_def").state_dict().items()}
+    (tmp_path / "pretrained").mkdir()
+    torch.save(pretrained, tmp_path / "pretrained" / "model.pt")
+    handlers = parser["train#handlers"]
+    loader = {"_target_": "CheckpointLoader", "load_path": str(tmp_path / "pretrained" / "model.pt"),
+              "load_dict": {"model": "@network"}, "strict": False}
+    overrides = {
+        "bundle_root": str(root),
+        "train#trainer#max_epochs": 1,
+        "train#dataset#data": items["training"],
+        "validate#dataset#data": items["validation"],
+        "device": "cpu",
+        "train#handlers": [loader] + handlers,
+        "spatial_size": [32, 32],  # not MONAI Label's: keeps the test fast
+        "batch_size": 2,
+        "learning_rate": 0.0,  # so the trained weights are the loaded ones
+        "val_interval": 1,
+    }
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json"), workflow_type="train", **overrides)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    run("run", config_file=_configs(name, "train.json"), **overrides)
+    last = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert last["trainer"]["max_epochs"] == 1
+    for k, v in pretrained.items():
+        if v.is_floating_point() and "running" not in k:
+            assert torch.equal(last["model"][k], v), k
+    best = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert set(best) == set(pretrained)

@@ -1,0 +1,187 @@
+"""1-epoch runs of a representative subset of bundles on tiny data: DALE and plain training, resume, a 3D bundle,
+a multi-class bundle, a SwinUNETR bundle, evaluation, ``verify_net_in_out`` and ``ckpt_export``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = REPO / "bundles"
+MATRIX = yaml.safe_load((BUNDLES / "matrix.yaml").read_text())
+EXPORT = {f"{r['dataset']}_{r['backbone']}": MATRIX["backbones"][r["backbone"]]["export"] for r in MATRIX["bundles"]}
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
+    100x slower than one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+def _configs(name: str, *files: str) -> list[str]:
+    return [str(BUNDLES / name / "configs" / f) for f in files]
+
+
+@pytest.fixture(scope="module")
+def tiny2d(tmp_path_factory) -> Path:
+    from data_prep.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("tiny2d")
+    make_synthetic_dataset(out, dims=2, n_train=4, n_val=2, n_test=2, size=40, verbose=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny3d(tmp_path_factory) -> Path:
+    from data_prep.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("tiny3d")
+    make_synthetic_dataset(out, dims=3, n_train=2, n_val=1, n_test=1, size=20, verbose=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_multiclass(tmp_path_factory) -> Path:
+    """Synapse's converted layout: 2D NIfTI slices in [0, 1], labels 0..8 (one blob per organ class)."""
+    out = tmp_path_factory.mktemp("tiny_synapse")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :40]
+    sections: dict = {"training": [], "validation": [], "test": []}
+    for section, n in (("training", 4), ("validation", 2), ("test", 1)):
+        for i in range(n):
+            label = np.zeros((40, 40), np.uint8)
+            for c in rng.permutation(np.arange(1, 9))[:5]:
+                cy, cx = rng.integers(6, 34, size=2)
+                label[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(9, 30)] = c
+            image = (label / 8.0 + 0.1 * rng.random((40, 40))).clip(0, 1).astype(np.float32)
+            key = f"{section}_{i}"
+            for folder, arr in (("images", image), ("labels", label)):
+                (out / folder).mkdir(exist_ok=True)
+                nib.save(nib.Nifti1Image(arr, np.eye(4)), out / folder / f"{key}.nii.gz")
+            sections[section].append({"image": f"images/{key}.nii.gz", "label": f"labels/{key}.nii.gz"})
+    (out / "datalist.json").write_text(json.dumps(sections))
+    return out
+
+
+def _small(name: str) -> list[int]:
+    dims = 3 if name.startswith("synthetic3d") else 2
+    side = 64 if name.endswith("swinunetr") else (16 if dims == 3 else 32)
+    return [side] * dims
+
+
+def _train(name: str, root: Path, data: Path, *overlays: str, **extra) -> None:
+    from monai.bundle import run
+
+    overrides = {"bundle_root": str(root), "dataset_dir": str(data), "spatial_size": _small(name), "batch_size": 2,
+                 "num_epochs": 1, "val_interval": 1, **extra}
+    if name.startswith("synthetic3d"):
+        overrides["dale#patch_size"] = 8
+    run("training", config_file=_configs(name, "train.json", *overlays), **overrides)
+
+
+def _network(name: str, overrides: dict | None = None):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_configs(name, "inference.json"))
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser.get_parsed_content("network_def")
+
+
+def _assert_trained(name: str, root: Path, overrides: dict | None = None) -> None:
+    best = torch.load(root / "models" / "model.pt", weights_only=True)  # a plain state_dict
+    _network(name, overrides).load_state_dict(best)  # strict: same keys and shapes as the inference network
+    last = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert {"model", "optimizer", "trainer"} <= set(last)
+    assert (root / "eval" / "metrics.csv").is_file()
+    assert any((root / "logs").glob("events.out.tfevents.*"))
+
+
+def test_dale_training_resume_and_evaluation(tmp_path, tiny2d):
+    from monai.bundle import run
+
+    name, root = "synthetic2d_unet", tmp_path / "bundle"
+    _train(name, root, tiny2d)
+    _assert_trained(name, root)
+    first = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert first["trainer"]["iteration"] == 2
+    _train(name, root, tiny2d, num_epochs=2, resume=True)
+    second = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert second["trainer"]["iteration"] == 4  # continued from epoch 1, not restarted
+    # evaluation on the test section, at the original size
+    run("evaluating", config_file=_configs(name, "inference.json", "evaluate.json"), bundle_root=str(root),
+        dataset_dir=str(tiny2d), spatial_size=_small(name))
+    with open(root / "eval" / "test_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        assert 0 <= float(row["dice"]) <= 1 and 0 <= float(row["miou"]) <= 1
+        assert float(row["hd95"]) >= 0 and float(row["asd"]) >= 0
+        assert row["case"].endswith(".png")
+    summary = json.loads((root / "eval" / "test_summary.json").read_text())
+    assert summary["cases"] == 2 and {"dice", "miou", "hd95", "asd"} <= set(summary)
+
+
+def test_plain_overlay_trains_with_supervised_trainer(tmp_path, tiny2d):
+    from monai.bundle import ConfigWorkflow
+
+    name = "synthetic2d_unet"
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json", "plain_train.json"), workflow_type="train",
+                              bundle_root=str(tmp_path), dataset_dir=str(tiny2d), spatial_size=_small(name),
+                              batch_size=2, num_epochs=1, val_interval=1)
+    workflow.initialize()
+    assert type(workflow.trainer).__name__ == "SupervisedTrainer"
+    workflow.run()
+    workflow.finalize()
+    _assert_trained(name, tmp_path)
+
+
+@pytest.mark.parametrize(("name", "data", "extra"), [
+    ("synthetic3d_unet", "tiny3d", {}),
+    # 9 classes, softmax; a narrower UNet than the shipped one keeps it fast (the pipeline is what is tested)
+    ("synapse_unet", "tiny_multiclass", {"network_def#channels": [8, 16, 32, 64, 128]}),
+    ("synthetic2d_swinunetr", "tiny2d", {}),
+])
+def test_one_epoch(name, data, extra, tmp_path, request):
+    root = tmp_path / "bundle"
+    _train(name, root, request.getfixturevalue(data), **extra)
+    _assert_trained(name, root, extra)
+
+
+@pytest.mark.parametrize("name", ["synthetic2d_unet", "synthetic2d_unetpp", "synthetic2d_swinunetr",
+                                  "synthetic3d_unet", "synapse_unet"])
+def test_verify_net_in_out_and_ckpt_export(name, tmp_path):
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    # the bundle's metadata at a small spatial shape, for speed (the shipped shapes are checked by test_bundles.py)
+    doc = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    fmt = doc["network_data_format"]
+    fmt["inputs"]["image"]["spatial_shape"] = fmt["outputs"]["pred"]["spatial_shape"] = _small(name)
+    meta = str(tmp_path / "metadata.json")
+    Path(meta).write_text(json.dumps(doc))
+    config = _configs(name, "inference.json")
+    verify_net_in_out(net_id="network_def", meta_file=meta, config_file=config)
+    network = _network(name).eval()
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    shape = [1, fmt["inputs"]["image"]["num_channels"], *_small(name)]
+    extra = {"use_trace": True, "input_shape": shape} if EXPORT[name] == "trace" else {}
+    ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "model.pt"),
+                meta_file=meta, config_file=config, **extra)
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(*shape)
+    with torch.no_grad():
+        out = network(x)
+        assert isinstance(out, torch.Tensor)  # U-Net++ too: one tensor, not a list
+        torch.testing.assert_close(exported(x), out, rtol=1e-4, atol=1e-4)

@@ -178,6 +178,7 @@ class OmegaMetaStep:
         nonfuzzy_loss: Callable[[ParamDict], Tensor],
         inner_lr: float,
         grad_reducer: Callable[[list[Tensor]], None] | None = None,
+        world_size: int = 1,
     ) -> OmegaResult:
         """Compute ω*.
 
@@ -189,22 +190,26 @@ class OmegaMetaStep:
                 called under :func:`virtual_norm_mode` by the caller's choice. Used by ``"jvp"`` only.
             nonfuzzy_loss: θ ↦ L_n(θ), scalar.
             inner_lr: η, the step size of the virtual SGD step (the segmentation learning rate).
-            grad_reducer: in-place all-reduce (average) of a list of gradient tensors across
-                processes, so that under DDP v = ∇L_n is the global non-fuzzy gradient.
+            grad_reducer: in-place all-reduce (average) of a list of tensors across processes. Under DDP
+                the virtual step and v = ∇L_n then use the gradients of the global batch, and ω equals the ω
+                of one process holding the whole batch.
+            world_size: number of processes sharing the batch (equal shards), for the global pixel count.
         """
         names = [n for n, p in params.items() if p.requires_grad]
         theta = [params[n] for n in names]
         omega = torch.ones_like(fuzzy_loss_map, dtype=fuzzy_loss_map.dtype).detach().requires_grad_(True)
         adam = torch.optim.Adam([omega], lr=self.lr, eps=self.eps, betas=self.betas)
-        n_pixels = fuzzy_loss_map.numel()
+        n_local = fuzzy_loss_map.numel()
+        n_pixels = n_local * world_size
+        self._reducer, self._world = grad_reducer, world_size
         first_grad = None
         for _ in range(self.steps):
             if self.method == "jvp":
                 g = self._grad_jvp(fuzzy_loss_map, omega.detach(), names, theta, fuzzy_map, nonfuzzy_loss,
-                                   inner_lr, n_pixels, grad_reducer)
+                                   inner_lr, n_pixels)
             else:
                 g = self._grad_double_backward(fuzzy_loss_map, omega, names, theta, nonfuzzy_loss, inner_lr,
-                                               n_pixels, grad_reducer)
+                                               n_pixels)
             g = self._scale(g, n_pixels)
             if first_grad is None:
                 first_grad = g
@@ -217,40 +222,47 @@ class OmegaMetaStep:
         if self.reduction == "sum":
             return g * n_pixels
         if self.reduction == "normalized":
-            return g / g.abs().mean().clamp_min(torch.finfo(g.dtype).tiny)
+            scale = g.abs().mean().reshape(1)
+            if self._reducer is not None:
+                self._reducer([scale])
+            return g / scale.clamp_min(torch.finfo(g.dtype).tiny)
         return g
 
-    @staticmethod
     def _virtual_params(
-        fuzzy_loss_map: Tensor, omega: Tensor, theta: list[Tensor], inner_lr: float, n_pixels: int, create_graph: bool
+        self, fuzzy_loss_map: Tensor, omega: Tensor, theta: list[Tensor], inner_lr: float, create_graph: bool
     ) -> list[Tensor]:
-        virtual_loss = (omega * fuzzy_loss_map).sum() / n_pixels
+        # the local mean; under DDP the global virtual gradient is the average of the ranks' local ones
+        virtual_loss = (omega * fuzzy_loss_map).sum() / fuzzy_loss_map.numel()
         grads = torch.autograd.grad(virtual_loss, theta, retain_graph=True, create_graph=create_graph,
                                     allow_unused=True)
-        return [p - inner_lr * g if g is not None else p for p, g in zip(theta, grads)]
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(theta, grads)]
+        if self._reducer is not None:
+            reduced = [g.detach().clone() for g in grads]
+            self._reducer(reduced)
+            # value: the global gradient; derivative w.r.t. the local ω: the local one over world_size
+            grads = [g / self._world + (r - g / self._world).detach() for g, r in zip(grads, reduced)]
+        return [p - inner_lr * g for p, g in zip(theta, grads)]
 
-    def _nonfuzzy_grad(self, nonfuzzy_loss, names, theta_p, grad_reducer, retain_graph: bool) -> list[Tensor]:
+    def _nonfuzzy_grad(self, nonfuzzy_loss, names, theta_p, retain_graph: bool) -> list[Tensor]:
         loss = nonfuzzy_loss(dict(zip(names, theta_p)))
         v = torch.autograd.grad(loss, theta_p, retain_graph=retain_graph, allow_unused=True)
         v = [torch.zeros_like(p) if gv is None else gv for p, gv in zip(theta_p, v)]
-        if grad_reducer is not None:
-            grad_reducer(v)
+        if self._reducer is not None:
+            self._reducer(v)
         return v
 
-    def _grad_jvp(self, fuzzy_loss_map, omega, names, theta, fuzzy_map, nonfuzzy_loss, inner_lr, n_pixels,
-                  grad_reducer) -> Tensor:
-        theta_p = self._virtual_params(fuzzy_loss_map, omega, theta, inner_lr, n_pixels, create_graph=False)
+    def _grad_jvp(self, fuzzy_loss_map, omega, names, theta, fuzzy_map, nonfuzzy_loss, inner_lr, n_pixels) -> Tensor:
+        theta_p = self._virtual_params(fuzzy_loss_map, omega, theta, inner_lr, create_graph=False)
         theta_p = [p.detach().requires_grad_(True) for p in theta_p]
-        v = self._nonfuzzy_grad(nonfuzzy_loss, names, theta_p, grad_reducer, retain_graph=False)
+        v = self._nonfuzzy_grad(nonfuzzy_loss, names, theta_p, retain_graph=False)
         primals = {n: p.detach() for n, p in zip(names, theta)}
         tangents = {n: t.detach() for n, t in zip(names, v)}
         _, jv = torch.func.jvp(fuzzy_map, (primals,), (tangents,))
         return (-inner_lr / n_pixels) * jv.detach()
 
-    def _grad_double_backward(self, fuzzy_loss_map, omega, names, theta, nonfuzzy_loss, inner_lr, n_pixels,
-                              grad_reducer) -> Tensor:
-        theta_p = self._virtual_params(fuzzy_loss_map, omega, theta, inner_lr, n_pixels, create_graph=True)
-        v = self._nonfuzzy_grad(nonfuzzy_loss, names, theta_p, grad_reducer, retain_graph=True)
+    def _grad_double_backward(self, fuzzy_loss_map, omega, names, theta, nonfuzzy_loss, inner_lr, n_pixels) -> Tensor:
+        theta_p = self._virtual_params(fuzzy_loss_map, omega, theta, inner_lr, create_graph=True)
+        v = self._nonfuzzy_grad(nonfuzzy_loss, names, theta_p, retain_graph=True)
         # g = (∂θ_p/∂ω)ᵀ v: the chain rule through the virtual step, with v possibly all-reduced
         (g,) = torch.autograd.grad(theta_p, omega, grad_outputs=v, retain_graph=True)
         return g.detach()

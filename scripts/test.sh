@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# tiny test networks run far slower with several OpenMP threads competing for 2 cores
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 exec "${DALE_VENV:-.venv}/bin/python" -m pytest -q -p no:cacheprovider "$@"

@@ -138,17 +138,9 @@ def test_real_steps_match_one_process_on_the_global_batch(runs):
     assert _norm_diff(runs["half"], runs["no_omega", "single"]) > 0.05 * update
 
 
-def test_dale_matches_one_process_within_tolerance(runs):
-    """With ω: each process takes the meta step's virtual SGD step θ_p on its own shard (dale_monai.meta averages
-    only v = ∇L_n(θ_p) across processes), so ω, and then the weights, differ slightly from one process."""
-    update = _norm_diff(runs["dale", "single"], runs["init"])
-    gap = _norm_diff(runs["dale", "rank0"], runs["dale", "single"])
-    assert gap < 0.1 * update, f"DDP differs from one process by {gap:.3g} (update {update:.3g})"
-
-
-@pytest.mark.xfail(strict=True, reason="the ω meta step's virtual step uses each process's shard (meta.py "
-                   "OmegaMetaStep._virtual_params does not all-reduce its gradient); remove this mark when it does")
 def test_dale_matches_one_process_exactly(runs):
+    """With ω: the meta step all-reduces the virtual step's gradient and v = ∇L_n(θ_p) and uses the global pixel
+    count, so DDP computes the ω of one process holding the global batch."""
     update = _norm_diff(runs["dale", "single"], runs["init"])
     assert _norm_diff(runs["dale", "rank0"], runs["dale", "single"]) < 1e-4 * update
 

@@ -295,6 +295,7 @@ class DALETrainer(SupervisedTrainer):
             result = self.omega_step(
                 loss_map_f, dict(net.named_parameters()), fuzzy_map, nonfuzzy_loss, eta,
                 grad_reducer=_all_reduce_mean if distributed else None,
+                world_size=dist.get_world_size() if distributed else 1,
             )
         engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = result.frac_small_grad
         self.check_finite(engine, result.omega, "ω (meta step)")

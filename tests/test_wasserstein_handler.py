@@ -176,14 +176,15 @@ def make_engine(net, handler, probes, omega_override=None, virtual=True, fuzzy_t
     return engine, log
 
 
-def test_handler_multiclass_value_gradient_and_virtual_passes_ignored():
+@pytest.mark.parametrize("normalize", ["channels", "none"])
+def test_handler_multiclass_value_gradient_and_virtual_passes_ignored(normalize):
     torch.manual_seed(0)
     net = UNet(2, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1)
     head = net.model[2]
     first, head_weight = net.model[0].conv.unit0.conv.weight, head[1].conv.unit0.conv.weight
     captures = []
     head.register_forward_pre_hook(lambda m, args: captures.append(args[0]))
-    handler = WassersteinAlignment(alpha=ALPHA, eps_max=0.05, seed=SEED)
+    handler = WassersteinAlignment(alpha=ALPHA, eps_max=0.05, seed=SEED, normalize=normalize)
     engine, log = make_engine(net, handler, {"first": first, "head": head_weight})
     batch = make_batch(3)
     engine.run([batch], max_epochs=1)
@@ -212,6 +213,8 @@ def test_handler_multiclass_value_gradient_and_virtual_passes_ignored():
         eps_max=0.05,
         generator=torch.Generator().manual_seed(SEED),
     )
+    if normalize == "channels":
+        expected = expected / captures[1].shape[1]
     assert loss_w.item() == pytest.approx(expected.item(), rel=1e-5)
     # memory and hook released
     assert handler.feat_n is None and handler.feat_f is None
@@ -283,5 +286,7 @@ def test_handler_attach_and_runtime_errors():
 
     with pytest.raises(ValueError, match="alpha"):
         WassersteinAlignment(alpha=-1)
+    with pytest.raises(ValueError, match="normalize"):
+        WassersteinAlignment(normalize="batch")
     with pytest.raises(TypeError, match="feature_layer"):
         WassersteinAlignment(feature_layer=3)

@@ -1,0 +1,368 @@
+#!/usr/bin/env python
+"""Does DALE help? Accuracy benchmarks of DALE against standard training (issue 5), one command per protocol.
+
+Protocols (``<protocol>`` may be the name or its number):
+
+1. ``noisy_covid``: real noisy labels. COVID-SemiSeg, trained on the model-generated pseudo-labels (the
+   profile's subset) together with 40 of the 50 doctor-labelled slices (``covid_both``; the other 10 validate),
+   tested on the radiologists' masks. ``--datasets covid_pseudo`` trains on pseudo-labels only, as the issue
+   first states; the pseudo-labelled slices come from other CT collections with another intensity window
+   (air outside the body black, where it is white on the radiologists' slices), so that setting mixes
+   domain shift into the label noise, and a few target-domain slices in training keep the comparison about
+   the labels.
+2. ``injected_noise``: PH2 (fixed seed-0 split) with clean training labels and with the training labels
+   corrupted by ``python -m data_prep noise`` at the profile's levels; tested on clean labels.
+3. ``clean``: clean training labels (COVID doctor-labelled slices, PH2 clean): does DALE cost accuracy?
+4. ``ablation``: the paper's Table 4 on protocol 1's data: partition only (AE, ER, AE+ER: alternating steps
+   with ω = 1 and no L_W), ``+omega`` (ω meta step, ``mean``), ``+L_W`` (the full method).
+5. ``convergence``: validation Dice against iterations, training wall time and CPU time (protocol 1's runs,
+   taken from the cache when protocol 1 ran first).
+
+Arms: ``standard`` = MONAI ``SupervisedTrainer``; ``dale`` = ``DALETrainer`` with ``OmegaMetaStep`` reduction
+``mean`` (the released behaviour) and ``WassersteinAlignment``; ``dale_sum`` the same with reduction ``sum``.
+All arms of a seed share network, loss (``DALELoss``), optimizer, epochs, batches, initialisation, data order
+and augmentations; the final weights are evaluated (no model selection on any set).
+
+Outputs in ``<out>/<protocol>_<profile>/``: ``runs.csv`` (one row per run), ``summary.csv`` (mean ± std over
+seeds), ``comparisons.csv`` (paired t-tests against ``standard``), ``curves.csv``, ``README.md`` (tables,
+profile, commit, command) and PNG figures. Converted data go to ``--work`` (default ``<repo>/data/bench``,
+gitignored); trained runs are cached there by configuration, so protocols sharing runs train them once.
+
+Usage::
+
+    python benchmarks/accuracy.py noisy_covid --profile quick
+    python benchmarks/accuracy.py 2 --profile full --seeds 5
+    python benchmarks/accuracy.py ablation --profile gpu --out /tmp/acc
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from accuracy_core import (  # noqa: E402
+    DALE_STATS,
+    PROFILES,
+    REPO,
+    DataMissing,
+    RunConfig,
+    data_dir,
+    load_split,
+    prepare_dataset,
+    profile_fields,
+    run_cached,
+)
+from accuracy_report import (  # noqa: E402
+    COMPARISON_COLUMNS,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    comparison_rows,
+    markdown_tables,
+    plot_curves,
+    plot_examples,
+    plot_metric_by_arm,
+    plot_noise,
+    plot_partition,
+    summary_rows,
+    time_to_target,
+    write_csv,
+)
+
+__all__ = ["ARMS", "PROTOCOLS", "Protocol", "main"]
+
+#: RunConfig fields of each arm (identical configurations share one cached run: ``+L_W`` is ``dale``)
+ARMS: dict[str, dict] = {
+    "standard": dict(paradigm="standard", omega=None, wasserstein=False),
+    "dale": dict(paradigm="dale", omega="mean", wasserstein=True),
+    "dale_sum": dict(paradigm="dale", omega="sum", wasserstein=True),
+    "dale_normalized": dict(paradigm="dale", omega="normalized", wasserstein=True),
+    "AE": dict(paradigm="dale", omega=None, wasserstein=False, use_edges=False),
+    "ER": dict(paradigm="dale", omega=None, wasserstein=False, use_entropy=False),
+    "AE+ER": dict(paradigm="dale", omega=None, wasserstein=False),
+    "+omega": dict(paradigm="dale", omega="mean", wasserstein=False),
+    "+L_W": dict(paradigm="dale", omega="mean", wasserstein=True),
+}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    number: int
+    name: str
+    title: str
+    datasets: tuple[str, ...]  # "noise" expands to the profile's noise levels
+    arms: tuple[str, ...]
+    question: str
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol(1, "noisy_covid", "Real noisy labels (COVID-SemiSeg pseudo-labels → radiologists' masks)",
+             ("covid_both",), ("standard", "dale", "dale_sum"),
+             "Target: DALE's Dice ≥ +5 % relative to standard training, p < 0.05 over seeds."),
+    Protocol(2, "injected_noise", "Injected label noise (PH2, clean test labels)",
+             ("ph2", "noise"), ("standard", "dale", "dale_sum"),
+             "Target: the DALE − standard gap grows with the noise level."),
+    Protocol(3, "clean", "Clean labels (COVID doctor labels, PH2 clean)",
+             ("covid_doctor", "ph2"), ("standard", "dale"),
+             "Target: DALE not worse than standard training (within one standard deviation)."),
+    Protocol(4, "ablation", "Ablation (paper Table 4) on the COVID pseudo-labels",
+             ("covid_both",), ("standard", "AE", "ER", "AE+ER", "+omega", "+L_W"),
+             "Rows are cumulative: partition only (AE, ER, AE+ER; ω = 1, no L_W), then the ω meta step "
+             "(reduction mean), then L_W (the full method)."),
+    Protocol(5, "convergence", "Convergence against iterations and time (COVID pseudo-labels)",
+             ("covid_both",), ("standard", "dale", "dale_sum"),
+             "The paper claims DALE reaches a given accuracy in less total time."),
+)}
+
+_ALIASES = {**{str(p.number): n for n, p in PROTOCOLS.items()}, **{f"p{p.number}": n for n, p in PROTOCOLS.items()}}
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def _commit() -> str:
+    head = _git("rev-parse", "HEAD") or "unknown"
+    dirty = _git("status", "--porcelain", "--", "dale_monai", "data_prep", "benchmarks")
+    return head + (" (with uncommitted changes in dale_monai/, data_prep/ or benchmarks/)" if dirty else "")
+
+
+def _noise_level(work: Path, dataset: str) -> float:
+    """Measured noise of a dataset's training labels: 1 − mean Dice of the noisy vs the clean labels."""
+    report = work / dataset / "noise_report.json"
+    if not report.is_file():
+        return 0.0
+    return 1.0 - float(json.loads(report.read_text())["overall"]["dice_mean"])
+
+
+def _run_row(protocol: str, profile: str, dataset: str, arm: str, seed: int, rec: dict) -> dict:
+    row = {"protocol": protocol, "profile": profile, "dataset": dataset, "arm": arm, "seed": seed,
+           **rec["metrics"], "iterations": rec["iterations"], "train_wall_s": rec["train_wall_s"],
+           "train_cpu_s": rec["train_cpu_s"], "key": rec["key"], "curve": rec["curve"]}
+    row["final_val_dice"] = rec["curve"][-1]["val_dice"] if rec["curve"] else math.nan
+    for k in DALE_STATS:
+        row[k] = rec["dale_stats"].get(k, math.nan)
+    return row
+
+
+def _diagnostics_table(runs: list[dict], datasets, arms) -> str:
+    keys = ("fuzzy_fraction", "omega_mean", "omega_abs_dev", "omega_frac_below_1", "omega_frac_small_grad",
+            "loss_w", "noisy_in_fuzzy", "mask_f_noisy", "mask_f_clean", "omega_below1_noisy", "omega_below1_clean")
+    lines = ["| dataset | arm | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for ds in datasets:
+        for arm in arms:
+            rs = [r for r in runs if r["dataset"] == ds and r["arm"] == arm]
+            if not rs or ARMS[arm]["paradigm"] != "dale":
+                continue
+            vals = []
+            for k in keys:
+                v = np.array([r[k] for r in rs], float)
+                v = v[~np.isnan(v)]
+                vals.append(f"{v.mean():.3g}" if v.size else "–")
+            lines.append(f"| {ds} | {arm} | " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _convergence(runs: list[dict], dataset: str, arms) -> tuple[str, list[dict]]:
+    """Time to reach 95 % of the standard arm's mean final validation Dice, per arm (mean over seeds)."""
+    std = [r["final_val_dice"] for r in runs if r["dataset"] == dataset and r["arm"] == "standard"]
+    if not std:
+        return "", []
+    target = 0.95 * float(np.mean(std))
+    rows, lines = [], [f"Target: validation Dice ≥ {target:.3f} (95 % of standard training's final validation Dice, "
+                       "mean over seeds). Time excludes validation. 'never' = not reached within the budget.", "",
+                       "| arm | reached (seeds) | iterations | training wall s | training CPU s | total iterations |"
+                       " total CPU s |", "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        rs = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm]
+        if not rs:
+            continue
+        t = {c: [time_to_target(r["curve"], target, c) for r in rs] for c in ("iteration", "wall_s", "cpu_s")}
+        for r, i, w, c in zip(rs, t["iteration"], t["wall_s"], t["cpu_s"]):
+            rows.append({"arm": arm, "seed": r["seed"], "target": target, "iterations_to_target": i,
+                         "wall_s_to_target": w, "cpu_s_to_target": c})
+        reached = sum(v == v for v in t["iteration"])
+
+        def m(v):
+            v = [x for x in v if x == x]
+            return f"{np.mean(v):.0f}" if v else "never"
+
+        lines.append(f"| {arm} | {reached}/{len(rs)} | {m(t['iteration'])} | {m(t['wall_s'])} | {m(t['cpu_s'])} | "
+                     f"{rs[0]['iterations']} | {np.mean([r['train_cpu_s'] for r in rs]):.0f} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def _example_figures(outdir: Path, splits_by_ds: dict, arrays: dict, datasets, arms) -> list[str]:
+    figs = []
+    for ds in datasets:
+        test = splits_by_ds[ds]["test"]
+        preds = {a: arrays.get((ds, a, 0)) for a in arms}
+        preds = {a: v["pred"] for a, v in preds.items() if v is not None}
+        if "standard" not in preds or not test:
+            continue
+        # cases at evenly spaced ranks of the standard arm's Dice (worst to best): a fixed rule, not a choice
+        from dale_monai.metrics import dice
+
+        d = [dice(p, t["label"][0] > 0) for p, t in zip(preds["standard"], test)]
+        idx = [int(np.argsort(d)[int(round(q))]) for q in np.linspace(0, len(test) - 1, min(4, len(test)))]
+        name = f"examples_{ds}.png"
+        if plot_examples(outdir / name, [test[i]["image"] for i in idx], [test[i]["label"][0] for i in idx],
+                         {a: [p[i] for i in idx] for a, p in preds.items()}, [test[i]["name"] for i in idx]):
+            figs.append(name)
+        for a in arms:
+            snap = arrays.get((ds, a, 0))
+            if snap is not None and "snap_image" in snap:
+                name = f"partition_{ds}.png"
+                if plot_partition(outdir / name, snap, f"{ds}, arm {a}, seed 0, last training batch"):
+                    figs.append(name)
+                break
+    return figs
+
+
+def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: dict, splits_by_ds: dict,
+                 datasets: list[str], arms: list[str], work: Path, outdir: Path, command: str,
+                 finished: bool) -> None:
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_csv(outdir / "runs.csv", runs, RUN_COLUMNS)
+    summary = summary_rows(runs, datasets, arms)
+    write_csv(outdir / "summary.csv", summary, SUMMARY_COLUMNS)
+    comps = comparison_rows(runs, datasets, arms, "standard")
+    write_csv(outdir / "comparisons.csv", comps, COMPARISON_COLUMNS)
+    curve_rows = [{"dataset": r["dataset"], "arm": r["arm"], "seed": r["seed"], **p} for r in runs for p in r["curve"]]
+    write_csv(outdir / "curves.csv", curve_rows, ("dataset", "arm", "seed", "iteration", "wall_s", "cpu_s",
+                                                  "val_dice"))
+    levels = {ds: _noise_level(work, ds) for ds in datasets}
+    notes = {ds: f"label noise {lv:.3f}" for ds, lv in levels.items() if lv > 0}
+    figs = []
+    if plot_metric_by_arm(outdir / "dice.png", runs, datasets, arms, "dice", protocol.title):
+        figs.append("dice.png")
+    if protocol.name == "injected_noise" and plot_noise(outdir / "dice_vs_noise.png", summary, levels, arms,
+                                                        "standard"):
+        figs.append("dice_vs_noise.png")
+    conv_md = ""
+    if protocol.name == "convergence":
+        conv_md, conv_rows = _convergence(runs, datasets[0], arms)
+        write_csv(outdir / "time_to_target.csv", conv_rows, ("arm", "seed", "target", "iterations_to_target",
+                                                             "wall_s_to_target", "cpu_s_to_target"))
+        if plot_curves(outdir / "convergence.png", runs, datasets[0], arms):
+            figs.append("convergence.png")
+    figs += _example_figures(outdir, splits_by_ds, arrays, datasets, arms)
+    seeds_done = sorted({r["seed"] for r in runs})
+    md = [f"# Protocol {protocol.number}: {protocol.title}", "",
+          f"{'Complete' if finished else 'PARTIAL (still running)'}: seeds {seeds_done}.", "",
+          f"- Command: `{command}`", f"- Commit: `{_commit()}`", f"- Profile: {profile.describe()}",
+          f"- Question: {protocol.question}",
+          "- Metrics on the test section at the profile's resolution (labels resized nearest), final weights; "
+          "HD95/ASD in pixels of that resolution; fuzzy-region Dice inside M^f > 0.9 of the test image and its "
+          "true label. Mean ± std over seeds of the per-run means over test cases.", ""]
+    for ds in datasets:
+        tr = splits_by_ds[ds]
+        md.append(f"- `{ds}`: {len(tr['training'])} training, {len(tr['validation'])} validation, "
+                  f"{len(tr['test'])} test cases" + (f"; {notes[ds]} (1 − mean Dice of training vs clean labels)"
+                                                     if ds in notes else ""))
+    md += ["", "## Results", "", markdown_tables(summary, comps, notes), "## DALE diagnostics (means over iterations "
+           "and seeds)", "", "fuzzy_fraction = mean M^f; omega_* over fuzzy pixels (M^f ≥ 0.9); omega_abs_dev = "
+           "mean |ω*−1|; omega_frac_small_grad = share of pixels with |g| < Adam eps; with injected noise, "
+           "noisy_in_fuzzy = share of wrongly labelled pixels in fuzzy patches, mask_f_noisy/clean = mean M^f of "
+           "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
+           "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
+    if conv_md:
+        md += ["## Convergence", "", conv_md]
+    if figs:
+        md += ["## Figures", ""] + [f"![{f}]({f})" for f in figs]
+    (outdir / "README.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("protocol", help=f"one of {list(PROTOCOLS)} or its number 1-5")
+    parser.add_argument("--profile", default="quick", choices=list(PROFILES))
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the profile's)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy"),
+                        help="results folder (a <protocol>_<profile> folder is written in it)")
+    parser.add_argument("--data-dir", default=None, help="real data (default $DALE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--work", default=str(REPO / "data" / "bench"),
+                        help="converted data and the run cache (keep it out of git)")
+    parser.add_argument("--arms", default=None, help=f"comma-separated arms overriding the protocol's; from {list(ARMS)}")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated datasets overriding the protocol's (covid_pseudo, covid_both, "
+                             "covid_doctor, ph2, ph2_<protocol>_k<k> of the profile's noise levels); the results "
+                             "folder then gets their names as a suffix")
+    parser.add_argument("--no-cache", action="store_true", help="retrain runs found in the cache")
+    args = parser.parse_args(argv)
+
+    name = _ALIASES.get(args.protocol, args.protocol)
+    if name not in PROTOCOLS:
+        parser.error(f"unknown protocol {args.protocol!r}; choose one of {list(PROTOCOLS)} or 1-5")
+    protocol, profile = PROTOCOLS[name], PROFILES[args.profile]
+    seeds = list(range(args.seeds if args.seeds is not None else profile.seeds))
+    if not seeds:
+        parser.error("--seeds must be at least 1")
+    arms = args.arms.split(",") if args.arms else list(protocol.arms)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+    if "standard" not in arms:
+        arms = ["standard", *arms]
+    levels = {lv.name: lv for lv in profile.noise_levels}
+    ds_names = args.datasets.split(",") if args.datasets else [d for d in protocol.datasets if d != "noise"] + (
+        [f"ph2_{n}" for n in levels] if "noise" in protocol.datasets else [])
+    work, src = Path(args.work), data_dir(args.data_dir)
+    suffix = ("_" + "+".join(ds_names)) if args.datasets else ""
+    outdir = Path(args.out) / f"{protocol.name}_{profile.name}{suffix}"
+    command = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                    else sys.argv[1:]))
+
+    splits_by_ds = {}
+    try:
+        for ds in ds_names:
+            noise = levels.get(ds[len("ph2_"):]) if ds.startswith("ph2_") else None
+            if ds.startswith("ph2_") and noise is None:
+                parser.error(f"dataset {ds!r}: the {profile.name} profile's noise levels are {list(levels)}")
+            datalist = prepare_dataset(ds, src, work, noise)
+            subset = profile.covid_subset if ds.startswith("covid") else None
+            splits_by_ds[ds] = {s: load_split(datalist, s, profile.size, subset if s == "training" else None)
+                                for s in ("training", "validation", "test")}
+    except DataMissing as e:
+        print(f"SKIPPED protocol {protocol.name}: {e}", file=sys.stderr)
+        return 0
+
+    cache = work / "runs"
+    runs, arrays = [], {}
+    print(f"protocol {protocol.number} {protocol.name}, profile {profile.name}, seeds {seeds}, datasets {ds_names}, "
+          f"arms {arms}", flush=True)
+    for seed in seeds:  # seeds outermost: the report is rewritten, paired, after every seed
+        for ds in ds_names:
+            for arm in arms:
+                cfg = RunConfig(dataset=ds, seed=seed, profile=profile.name,
+                                profile_fields=profile_fields(profile, ds), **ARMS[arm])
+                t0 = time.perf_counter()
+                rec, arr = run_cached(cfg, profile, splits_by_ds[ds], cache, use_cache=not args.no_cache)
+                runs.append(_run_row(protocol.name, profile.name, ds, arm, seed, rec))
+                arrays[(ds, arm, seed)] = arr
+                print(f"seed {seed} {ds:>22} {arm:>10}: dice {rec['metrics']['dice']:.4f} hd95 "
+                      f"{rec['metrics']['hd95']:.2f} ({rec['iterations']} it, cpu {rec['train_cpu_s']:.0f} s, "
+                      f"{time.perf_counter() - t0:.0f} s now)", flush=True)
+        write_report(protocol, profile, args, runs, arrays, splits_by_ds, ds_names, arms, work, outdir, command,
+                     finished=seed == seeds[-1])
+    print(f"results: {outdir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""Data, training and evaluation of one accuracy-benchmark run (used by ``benchmarks/accuracy.py``).
+
+A *run* is one (dataset, paradigm, variant, seed) training of the profile's network for the profile's
+epochs, followed by an evaluation of the **final** weights on the dataset's test section (no model
+selection, so the test set tunes nothing). Standard and DALE runs of the same seed share the network
+initialisation, the data order and the augmentations (the partition transform consumes no random
+numbers), which makes them pairs for the paired t-test.
+
+Every run is stored in a cache folder under a key hashed from its full configuration, so that the
+protocols that share runs (protocol 3 reuses protocol 2's clean PH2 runs, protocols 4 and 5 reuse
+protocol 1's) train each only once; ``--no-cache`` in ``accuracy.py`` retrains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
+
+from ignite.engine import Events  # noqa: E402
+from monai.data import DataLoader, Dataset, load_decathlon_datalist  # noqa: E402
+from monai.engines import SupervisedTrainer  # noqa: E402
+from monai.networks.nets import UNet  # noqa: E402
+from monai.transforms import Compose, RandFlipd, RandRotate90d  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dale_monai.engines import DALETrainer  # noqa: E402
+from dale_monai.engines.utils import DALEKeys  # noqa: E402
+from dale_monai.handlers import WassersteinAlignment  # noqa: E402
+from dale_monai.losses import DALELoss  # noqa: E402
+from dale_monai.meta import OmegaMetaStep  # noqa: E402
+from dale_monai.metrics import case_metrics, dice  # noqa: E402
+from dale_monai.transforms import FuzzyPartition, FuzzyPartitiond  # noqa: E402
+
+__all__ = [
+    "Profile",
+    "PROFILES",
+    "NoiseLevel",
+    "RunConfig",
+    "DataMissing",
+    "data_dir",
+    "dataset_kind",
+    "profile_fields",
+    "prepare_dataset",
+    "load_split",
+    "run_cached",
+    "METRICS",
+    "DALE_STATS",
+]
+
+#: per-run test metrics (means over the test cases)
+METRICS = ("dice", "miou", "hd95", "asd", "fuzzy_dice")
+#: DALE diagnostics, means over the iterations of a run (see :class:`_DALEStats`)
+DALE_STATS = (
+    "fuzzy_fraction",
+    "omega_mean",
+    "omega_abs_dev",
+    "omega_frac_below_1",
+    "omega_frac_small_grad",
+    "loss_w",
+    "noisy_in_fuzzy",
+    "mask_f_noisy",
+    "mask_f_clean",
+    "omega_below1_noisy",
+    "omega_below1_clean",
+    "omega_mean_noisy",
+    "omega_mean_clean",
+)
+
+
+class DataMissing(RuntimeError):
+    """A real dataset the protocol needs is not where ``DALE_DATA_DIR`` says."""
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """One injected-noise level of protocol 2: a ``python -m data_prep noise`` protocol and its strength."""
+
+    protocol: str
+    k: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.protocol}_k{self.k}"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and budget of a benchmark profile; every number the results depend on is here.
+
+    Args:
+        name: profile name.
+        size: square input side in pixels (images resized bilinear, labels nearest).
+        channels, strides, res_units: MONAI ``UNet`` (2D, batch norm).
+        batch: batch size.
+        lr: Adam learning rate (both paradigms, both DALE steps).
+        patch: partition patch side, scaled with ``size`` so that the patch grid stays close to the paper's
+            14×14 (16 px at 224 px).
+        epochs: epochs per prepared dataset kind (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``).
+            On COVID the network first collapses to all-background and leaves that phase only after about 500
+            iterations (validation curve of the quick profile), so COVID gets at least 720 iterations.
+        covid_subset: pseudo-labelled slices drawn (fixed seed 0) from the 1,600; ``None`` = all. The
+            doctor-labelled training slices of ``covid_both`` are always all kept.
+        seeds: default number of seeds.
+        noise_levels: protocol-2 levels (radius in pixels of the 256×192 PH2 masks).
+        val_points: validation evaluations per run (convergence curves).
+        dice_weight: weight of the (per-pixel weighted) Dice term of ``DALELoss`` next to CE.
+        threads: torch CPU threads (1 on a shared 2-core machine: more threads contend and run far slower).
+        device: ``"cpu"`` or ``"cuda"``.
+    """
+
+    name: str
+    size: int
+    channels: tuple[int, ...]
+    strides: tuple[int, ...]
+    res_units: int
+    batch: int
+    lr: float
+    patch: int
+    epochs: dict = field(hash=False)
+    covid_subset: int | None
+    seeds: int
+    noise_levels: tuple[NoiseLevel, ...]
+    val_points: int = 10
+    dice_weight: float = 1.0
+    threads: int | None = 1
+    device: str = "cpu"
+
+    def describe(self) -> str:
+        net = f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), batch norm"
+        ep = ", ".join(f"{k} {v}" for k, v in self.epochs.items())
+        subset = "all 1,600" if self.covid_subset is None else f"{self.covid_subset} of 1,600 (seed 0)"
+        return (
+            f"`{self.name}`: {self.size}×{self.size} px, {net}; batch {self.batch}, Adam lr {self.lr:g}; "
+            f"loss DALELoss(CE + {self.dice_weight:g}·weighted Dice); partition patch {self.patch} px, τ 0.9; "
+            f"epochs: {ep}; COVID pseudo-labels: {subset}; {self.seeds} seeds; "
+            f"device {self.device}, {self.threads or 'default'} thread(s)"
+        )
+
+
+_LEVELS_QUICK = (NoiseLevel("dilate_erode", 5), NoiseLevel("dilate_erode", 15))
+_LEVELS_FULL = (NoiseLevel("dilate_erode", 5), NoiseLevel("dilate_erode", 10), NoiseLevel("dilate_erode", 15),
+                NoiseLevel("dilate_erode", 25))
+
+PROFILES: dict[str, Profile] = {
+    # about 10-15 min per protocol on 2 shared CPU cores
+    "quick": Profile("quick", 96, (8, 16, 32, 64), (2, 2, 2), 1, 8, 1e-3, 8,
+                     {"covid_pseudo": 16, "covid_both": 16, "covid_doctor": 144, "ph2": 20}, 320, 3, _LEVELS_QUICK),
+    # a few hours per protocol on 2 CPU cores
+    "full": Profile("full", 128, (16, 32, 64, 128), (2, 2, 2), 2, 8, 1e-3, 8,
+                    {"covid_pseudo": 16, "covid_both": 16, "covid_doctor": 300, "ph2": 60}, 800, 5, _LEVELS_FULL),
+    # the paper's settings (224 px, batch 24, Adam 3e-4, patch 16), for a GPU
+    "gpu": Profile("gpu", 224, (32, 64, 128, 256, 512), (2, 2, 2, 2), 2, 24, 3e-4, 16,
+                   {"covid_pseudo": 50, "covid_both": 50, "covid_doctor": 300, "ph2": 200}, None, 5, _LEVELS_FULL,
+                   threads=None, device="cuda"),
+    # seconds, for the smoke test only: numbers meaningless
+    "toy": Profile("toy", 32, (4, 8), (2,), 0, 4, 1e-3, 8,
+                   {"covid_pseudo": 1, "covid_both": 1, "covid_doctor": 1, "ph2": 1}, 8, 2, (NoiseLevel("dilate_erode", 3),),
+                   val_points=2),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run depends on (hashed into its cache key).
+
+    Args:
+        dataset: prepared dataset name (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``,
+            ``ph2_<noise>``).
+        paradigm: ``"standard"`` (MONAI ``SupervisedTrainer``) or ``"dale"`` (``DALETrainer``).
+        omega: ``None`` (ω = 1, the ablation without ω) or the ``OmegaMetaStep`` reduction.
+        wasserstein: attach ``WassersteinAlignment`` (α = 0.05).
+        use_entropy, use_edges, entropy: partition options (ablation).
+        seed: seed of initialisation, data order and augmentation.
+        profile: the profile name (for the record).
+        profile_fields: :func:`profile_fields` of the profile for this dataset (the key depends on it).
+    """
+
+    dataset: str
+    paradigm: str
+    seed: int
+    profile: str
+    profile_fields: str
+    omega: str | None = "mean"
+    wasserstein: bool = True
+    use_entropy: bool = True
+    use_edges: bool = True
+    entropy: str = "paper"
+
+    def key(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def dataset_kind(dataset: str) -> str:
+    """The key of ``Profile.epochs`` for a prepared dataset (every PH2 noise level is ``ph2``)."""
+    return "ph2" if dataset.startswith("ph2") else dataset
+
+
+def profile_fields(profile: Profile, dataset: str) -> str:
+    """The profile's fields one run of ``dataset`` depends on, as JSON (part of the run's cache key)."""
+    d = dataclasses.asdict(profile)
+    for k in ("seeds", "noise_levels", "name"):  # none of these changes a single run
+        d.pop(k)
+    d["epochs"] = profile.epochs[dataset_kind(dataset)]
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """The real-data folder: ``override``, else ``$DALE_DATA_DIR``, else ``<repo>/../shared/data``."""
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get("DALE_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def _data_prep(args: Sequence[str]) -> None:
+    cmd = [sys.executable, "-m", "data_prep", *map(str, args)]
+    print("+", " ".join(cmd), flush=True)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"data_prep failed ({' '.join(cmd)}):\n{res.stdout}\n{res.stderr}")
+
+
+def prepare_dataset(name: str, src_root: Path, work: Path, noise: NoiseLevel | None = None) -> Path:
+    """Convert (once) a dataset with ``python -m data_prep`` into ``work/<name>``; return its datalist path.
+
+    Args:
+        name: ``covid_pseudo`` (train on the 1,600 pseudo-labels, validate on the 50 doctor-labelled slices,
+            test on the radiologists' test masks), ``covid_both`` (train on the pseudo-labels and 40 of the
+            doctor-labelled slices, validate on the other 10, same test), ``covid_doctor`` (train/validate on
+            the same 40/10 split of the doctor-labelled slices, same test), ``ph2`` (fixed seed-0 70/10/20 split) or a PH2 noise level.
+        src_root: the real-data folder (holding ``covid_semiseg/`` and ``ph2/``).
+        work: folder of the converted data (gitignored; never inside the repository's tracked tree).
+        noise: for a noisy PH2 copy, the level.
+
+    Raises:
+        DataMissing: when the source dataset folder is absent.
+    """
+    out = work / name
+    datalist = out / "datalist.json"
+    if datalist.is_file():
+        return datalist
+    if name.startswith("covid"):
+        src = src_root / "covid_semiseg"
+        if not src.is_dir():
+            raise DataMissing(f"COVID-SemiSeg not found at {src} (set DALE_DATA_DIR or --data-dir)")
+        labels = {"covid_pseudo": "pseudo", "covid_both": "both", "covid_doctor": "doctor"}.get(name)
+        if labels is None:
+            raise ValueError(f"unknown benchmark dataset {name!r}")
+        _data_prep(["covid_semiseg", "--src", src, "--out", out, "--train-labels", labels, "--seed", 0])
+    elif name == "ph2":
+        src = src_root / "ph2"
+        if not src.is_dir():
+            raise DataMissing(f"PH2 not found at {src} (set DALE_DATA_DIR or --data-dir)")
+        _data_prep(["ph2", "--src", src, "--out", out, "--seed", 0])
+    elif noise is not None:
+        clean = prepare_dataset("ph2", src_root, work)
+        _data_prep(["noise", "--datalist", clean, "--out", out, "--protocol", noise.protocol, "--k", noise.k,
+                    "--seed", 0])
+    else:
+        raise ValueError(f"unknown benchmark dataset {name!r}")
+    return datalist
+
+
+def _read_image(path: str, size: int) -> np.ndarray:
+    """(C, size, size) float32: grayscale or RGB, min-max scaled to [0, 1], resized bilinear (antialiased)."""
+    arr = np.asarray(Image.open(path))
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = np.moveaxis(arr[..., :3], -1, 0)
+    t = torch.as_tensor(arr.astype(np.float32))
+    lo, hi = float(t.min()), float(t.max())
+    t = (t - lo) / (hi - lo) if hi > lo else torch.zeros_like(t)
+    t = F.interpolate(t[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
+    return t.clamp_(0, 1).numpy()
+
+
+def _read_label(path: str, size: int) -> np.ndarray:
+    """(1, size, size) float32 in {0, 1}: any non-zero value is foreground, resized nearest."""
+    arr = np.asarray(Image.open(path))
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    t = torch.as_tensor((arr > 0).astype(np.float32))[None, None]
+    return F.interpolate(t, size=(size, size), mode="nearest")[0].numpy()
+
+
+def load_split(datalist: Path, section: str, size: int, subset: int | None = None) -> list[dict]:
+    """Load a datalist section into memory at the benchmark resolution.
+
+    Args:
+        datalist: the MONAI datalist JSON.
+        section: ``training``, ``validation`` or ``test``.
+        size: side of the square benchmark resolution.
+        subset: keep this many of the entries under a ``pseudo`` folder (drawn with seed 0), and all others.
+
+    Returns:
+        dicts with ``image`` (C, S, S), ``label`` (1, S, S), ``name``, and ``label_clean`` when the entry has
+        one (injected-noise training sets keep the clean label there).
+    """
+    entries = load_decathlon_datalist(str(datalist), data_list_key=section)
+    pool = [i for i, e in enumerate(entries) if "pseudo" in Path(e["image"]).parts]
+    if subset is not None and subset < len(pool):  # draw among the pseudo-labelled slices only
+        keep = set(np.random.default_rng(0).choice(pool, subset, replace=False).tolist())
+        entries = [e for i, e in enumerate(entries) if i in keep or i not in set(pool)]
+    items = []
+    for e in entries:
+        item = {"image": _read_image(e["image"], size), "label": _read_label(e["label"], size),
+                "name": Path(e["image"]).stem}
+        if "label_clean" in e:
+            item["label_clean"] = _read_label(e["label_clean"], size)
+        items.append(item)
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def _network(profile: Profile, in_channels: int) -> torch.nn.Module:
+    return UNet(2, in_channels, 1, channels=profile.channels, strides=profile.strides,
+                num_res_units=profile.res_units, norm="batch")
+
+
+def _train_transform(cfg: RunConfig, profile: Profile, keys: tuple[str, ...]) -> Compose:
+    xs = [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
+          RandRotate90d(keys, prob=0.5, spatial_axes=(0, 1))]
+    if cfg.paradigm == "dale":
+        xs.append(FuzzyPartitiond(("image", "label"), patch_size=profile.patch, tau=0.9, entropy=cfg.entropy,
+                                  use_entropy=cfg.use_entropy, use_edges=cfg.use_edges))
+    return Compose(xs)
+
+
+@torch.no_grad()
+def _predict(net: torch.nn.Module, items: list[dict], device: torch.device, chunk: int = 16) -> np.ndarray:
+    """Binary predictions (N, S, S) uint8 of the network in eval mode."""
+    net.eval()
+    out = []
+    for i in range(0, len(items), chunk):
+        x = torch.as_tensor(np.stack([it["image"] for it in items[i:i + chunk]])).to(device)
+        out.append((net(x)[:, 0] > 0).to(torch.uint8).cpu().numpy())
+    net.train()
+    return np.concatenate(out) if out else np.zeros((0,), np.uint8)
+
+
+class _Curve:
+    """Validation Dice every ``every`` iterations, against iterations, training wall time and training CPU time
+    (validation time excluded from both clocks)."""
+
+    def __init__(self, net, val_items: list[dict], device, every: int) -> None:
+        self.net, self.val, self.device, self.every = net, val_items, device, max(1, every)
+        self.points: list[dict] = []
+        self.wall = self.cpu = 0.0
+        self._t0 = self._c0 = None
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._stop)
+
+    def _start(self, engine) -> None:
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+
+    def _stop(self, engine) -> None:
+        self.wall += time.perf_counter() - self._t0
+        self.cpu += time.process_time() - self._c0
+        it = engine.state.iteration
+        if self.val and (it % self.every == 0 or it == engine.state.max_epochs * engine.state.epoch_length):
+            pred = _predict(self.net, self.val, self.device)
+            d = float(np.mean([dice(p, v["label"][0] > 0) for p, v in zip(pred, self.val)]))
+            self.points.append({"iteration": it, "wall_s": self.wall, "cpu_s": self.cpu, "val_dice": d})
+
+
+class _DALEStats:
+    """Per-iteration DALE diagnostics, averaged over the run, and a snapshot of the last batch.
+
+    ``omega_*`` are over the fuzzy pixels (M^f ≥ 0.9, the fuzzy patches); ``omega_abs_dev`` is mean |ω* − 1|
+    there (how much the meta step re-weights at all). With a clean reference label in the batch (injected
+    noise), pixels whose training label differs from it are "noisy": ``noisy_in_fuzzy`` is the share of them
+    that the partition puts in the fuzzy patches, ``mask_f_noisy`` / ``mask_f_clean`` the mean soft M^f of noisy
+    / clean pixels, ``omega_below1_noisy`` / ``_clean`` the share of fuzzy noisy /
+    clean pixels that got ω* < 1 (DALE should down-weight the noisy ones), ``omega_mean_noisy`` / ``_clean``
+    their mean ω*.
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.snapshot: dict[str, np.ndarray] = {}
+
+    def _add(self, key: str, value: float) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        out, batch = engine.state.output, engine.state.batch
+        omega = out[DALEKeys.OMEGA].detach().float().cpu()
+        mask_f = out[DALEKeys.MASK_F].detach().float().cpu()
+        fuzzy = mask_f >= 0.9
+        self._add("fuzzy_fraction", out[DALEKeys.FUZZY_FRACTION])
+        self._add("omega_frac_small_grad", out.get(DALEKeys.OMEGA_SMALL_GRAD))
+        if DALEKeys.LOSS_W in out:
+            self._add("loss_w", float(out[DALEKeys.LOSS_W]))
+        if fuzzy.any():
+            w = omega[fuzzy]
+            self._add("omega_mean", float(w.mean()))
+            self._add("omega_abs_dev", float((w - 1).abs().mean()))
+            self._add("omega_frac_below_1", float((w < 1).float().mean()))
+        label = out["label"].detach().float().cpu()
+        if "label_clean" in batch:
+            clean = torch.as_tensor(batch["label_clean"]).float()
+            noisy = (label > 0.5) != (clean > 0.5)
+            if noisy.any():
+                self._add("noisy_in_fuzzy", float((noisy & fuzzy).sum() / noisy.sum()))
+                self._add("mask_f_noisy", float(mask_f[noisy].mean()))
+            if (~noisy).any():
+                self._add("mask_f_clean", float(mask_f[~noisy].mean()))
+            for name, sel in (("noisy", noisy & fuzzy), ("clean", ~noisy & fuzzy)):
+                if sel.any():
+                    self._add(f"omega_below1_{name}", float((omega[sel] < 1).float().mean()))
+                    self._add(f"omega_mean_{name}", float(omega[sel].mean()))
+        if engine.state.iteration == engine.state.max_epochs * engine.state.epoch_length:
+            n = min(4, omega.shape[0])
+            self.snapshot = {"image": out["image"][:n].detach().cpu().numpy(), "label": label[:n].numpy(),
+                             "mask_f": mask_f[:n].numpy(), "omega": omega[:n].numpy()}
+            if "label_clean" in batch:
+                self.snapshot["label_clean"] = torch.as_tensor(batch["label_clean"])[:n].float().numpy()
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+
+def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val: list[dict],
+                       test: list[dict]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Train one run and score its final weights on ``test``.
+
+    Returns:
+        the run record (config, metrics, per-case rows, curve, DALE diagnostics, timings) and arrays
+        (test predictions, partition snapshot) for the figures.
+    """
+    if profile.threads:
+        torch.set_num_threads(profile.threads)
+    device = torch.device(profile.device)
+    set_determinism(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    in_channels = int(train[0]["image"].shape[0])
+    net = _network(profile, in_channels).to(device)
+    keys = ("image", "label", "label_clean") if "label_clean" in train[0] else ("image", "label")
+    data = [{k: torch.as_tensor(it[k]) for k in keys} for it in train]
+    loader = DataLoader(Dataset(data, transform=_train_transform(cfg, profile, keys)), batch_size=profile.batch,
+                        shuffle=True, num_workers=0, drop_last=True)
+    epochs = profile.epochs[dataset_kind(cfg.dataset)]
+    opt = torch.optim.Adam(net.parameters(), lr=profile.lr)
+    loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight)
+    common = dict(device=device, max_epochs=epochs, train_data_loader=loader, network=net, optimizer=opt,
+                  loss_function=loss, decollate=False)
+    stats = None
+    if cfg.paradigm == "standard":
+        trainer = SupervisedTrainer(**common)
+    elif cfg.paradigm == "dale":
+        omega = None if cfg.omega is None else OmegaMetaStep(method="jvp", reduction=cfg.omega)
+        trainer = DALETrainer(**common, omega_step=omega, mask_mode="paper")
+        if cfg.wasserstein:
+            WassersteinAlignment(alpha=0.05, seed=cfg.seed).attach(trainer)
+        stats = _DALEStats()
+        stats.attach(trainer)
+    else:
+        raise ValueError(f"unknown paradigm {cfg.paradigm!r}")
+    iterations = epochs * len(loader)
+    curve = _Curve(net, val, device, every=max(1, iterations // max(1, profile.val_points)))
+    curve.attach(trainer)
+    trainer.run()
+
+    pred = _predict(net, test, device)
+    part = FuzzyPartition(patch_size=profile.patch, tau=0.9)
+    rows = []
+    for p, it in zip(pred, test):
+        mask_f = part(it["image"], it["label"])[1][0]
+        row = case_metrics(p, (it["label"][0] > 0).astype(np.uint8), fuzzy_mask=mask_f)
+        rows.append({"case": it["name"], **row})
+    metrics = {m: float(np.nanmean([r[m] for r in rows])) if rows else math.nan for m in METRICS}
+    record = {
+        "key": cfg.key(),
+        "config": dataclasses.asdict(cfg),
+        "metrics": metrics,
+        "cases": rows,
+        "curve": curve.points,
+        "dale_stats": stats.means() if stats is not None else {},
+        "iterations": iterations,
+        "epochs": epochs,
+        "train_wall_s": curve.wall,
+        "train_cpu_s": curve.cpu,
+        "n_train": len(train),
+        "n_test": len(test),
+    }
+    arrays = {"pred": pred}
+    if stats is not None:
+        arrays.update({f"snap_{k}": v for k, v in stats.snapshot.items()})
+    return record, arrays
+
+
+def run_cached(cfg: RunConfig, profile: Profile, splits: dict[str, list[dict]], cache: Path,
+               use_cache: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`train_and_evaluate`, or its stored result when this exact configuration ran before."""
+    cache.mkdir(parents=True, exist_ok=True)
+    js, npz = cache / f"{cfg.key()}.json", cache / f"{cfg.key()}.npz"
+    if use_cache and js.is_file() and npz.is_file():
+        with np.load(npz) as z:
+            return json.loads(js.read_text()), {k: z[k] for k in z.files}
+    t0 = time.perf_counter()
+    record, arrays = train_and_evaluate(cfg, profile, splits["training"], splits["validation"], splits["test"])
+    record["total_s"] = time.perf_counter() - t0
+    np.savez_compressed(npz, **arrays)
+    js.write_text(json.dumps(record, indent=1, default=float))
+    return record, arrays

@@ -1,0 +1,119 @@
+"""Smoke test of the accuracy benchmarks (benchmarks/accuracy.py) on a tiny synthetic PH2-like folder.
+
+Checks that a protocol runs end to end with the ``toy`` profile and writes its tables with the expected
+columns (and figures when matplotlib is installed); never the accuracy values themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import accuracy  # noqa: E402
+from accuracy_report import (  # noqa: E402
+    COMPARISON_COLUMNS,
+    RUN_COLUMNS,
+    SUMMARY_COLUMNS,
+    paired_comparison,
+    time_to_target,
+)
+
+
+def _fake_ph2(root: Path, n: int = 16, h: int = 40, w: int = 48) -> Path:
+    """PH2's resized layout (images/IMDxxx.png RGB, masks/IMDxxx.png 0/255): a bright ellipse on noise."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        cy, cx, ry, rx = rng.uniform(15, 25), rng.uniform(18, 30), rng.uniform(6, 12), rng.uniform(6, 12)
+        mask = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        img = rng.integers(0, 120, (h, w, 3)) + 120 * mask[..., None]
+        for sub, arr in (("images", img.astype(np.uint8)), ("masks", (mask * 255).astype(np.uint8))):
+            (root / "ph2" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(arr).save(root / "ph2" / sub / f"IMD{i:03d}.png")
+    return root
+
+
+def _read(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("DALE_DATA_DIR", str(_fake_ph2(tmp_path / "data")))
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["injected_noise", "--profile", "toy", "--arms", "dale", "--out", str(out), "--work", str(work)]
+    assert accuracy.main(argv) == 0
+    res = out / "injected_noise_toy"
+
+    cols, runs = _read(res / "runs.csv")
+    assert cols == list(RUN_COLUMNS)
+    assert len(runs) == 2 * 2 * 2  # (clean, one noise level) x (standard, dale) x 2 seeds
+    assert {r["arm"] for r in runs} == {"standard", "dale"}
+    assert {r["dataset"] for r in runs} == {"ph2", "ph2_dilate_erode_k3"}
+    assert all(r["dice"] != "" and 0 <= float(r["dice"]) <= 1 for r in runs)
+    dale = [r for r in runs if r["arm"] == "dale"]
+    assert all(r["omega_frac_small_grad"] != "" and r["fuzzy_fraction"] != "" for r in dale)
+    # injected noise: the clean reference label is carried through, so the ω/noise diagnostics exist
+    assert all(r["noisy_in_fuzzy"] != "" and r["omega_below1_noisy"] != "" for r in dale
+               if r["dataset"] != "ph2")
+
+    cols, summary = _read(res / "summary.csv")
+    assert cols == list(SUMMARY_COLUMNS) and len(summary) == 4
+    cols, comps = _read(res / "comparisons.csv")
+    assert cols == list(COMPARISON_COLUMNS)
+    assert {(c["dataset"], c["metric"]) for c in comps} == {
+        (d, m) for d in ("ph2", "ph2_dilate_erode_k3") for m in ("dice", "miou", "hd95", "asd", "fuzzy_dice")}
+    cols, curves = _read(res / "curves.csv")
+    assert cols == ["dataset", "arm", "seed", "iteration", "wall_s", "cpu_s", "val_dice"] and curves
+
+    readme = (res / "README.md").read_text()
+    assert "Protocol 2" in readme and "Complete" in readme and "--profile toy" in readme
+    if importlib.util.find_spec("matplotlib") is not None:
+        for fig in ("dice.png", "dice_vs_noise.png", "examples_ph2.png", "partition_ph2_dilate_erode_k3.png"):
+            assert (res / fig).stat().st_size > 0, fig
+            assert f"({fig})" in readme
+
+    # a second call reuses the cached runs and writes the same per-run table
+    before = (res / "runs.csv").read_text()
+    assert accuracy.main(argv) == 0
+    assert (res / "runs.csv").read_text() == before
+
+
+def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DALE_DATA_DIR", str(tmp_path / "nothing"))
+    argv = ["3", "--profile", "toy", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    assert accuracy.main(argv) == 0
+    assert "SKIPPED" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_protocol_and_arm_are_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        accuracy.main(["6", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        accuracy.main(["1", "--arms", "dale,bogus", "--out", str(tmp_path)])
+
+
+def test_paired_comparison_and_time_to_target():
+    c = paired_comparison([0.6, 0.7, 0.8], [0.5, 0.7, 0.6])
+    d = np.array([0.1, 0.0, 0.2])
+    assert c["n"] == 3 and math.isclose(c["diff_mean"], d.mean()) and math.isclose(c["diff_std"], d.std(ddof=1))
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    assert math.isclose(c["t"], t) and 0 < c["p"] < 1
+    assert math.isclose(c["rel_diff"], d.mean() / np.mean([0.5, 0.7, 0.6]))
+    assert math.isnan(paired_comparison([0.5], [0.4])["p"])  # one pair: no test
+    curve = [{"iteration": 10, "wall_s": 1.0, "cpu_s": 0.9, "val_dice": 0.3},
+             {"iteration": 20, "wall_s": 2.0, "cpu_s": 1.8, "val_dice": 0.6}]
+    assert time_to_target(curve, 0.5, "iteration") == 20 and time_to_target(curve, 0.5, "cpu_s") == 1.8
+    assert math.isnan(time_to_target(curve, 0.9, "wall_s"))

@@ -203,7 +203,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
         },
         "network_def": common["network_def"],
         "network": common["network"],
-        "loss": {"_target_": "dale_monai.losses.DALELoss", "ce_weight": 1.0, "dice_weight": 0.0},
+        "loss": {"_target_": "dale_monai.losses.DALELoss", "ce_weight": 1.0, "dice_weight": 1.0},
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
         "train": {
             "deterministic_transforms": _image_transforms(ds, True, False),

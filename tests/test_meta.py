@@ -144,3 +144,23 @@ def test_mean_reduction_reports_eps_saturation():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         OmegaMetaStep(**kwargs)
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), scale=st.floats(1e-3, 1e3), lr=st.floats(1e-3, 0.5),
+       reduction=st.sampled_from(["mean", "sum", "normalized"]), method=st.sampled_from(["jvp", "double_backward"]))
+def test_omega_is_finite_and_within_one_adam_step(seed, scale, lr, reduction, method):
+    """For any finite input, one step (K = 1) of a fresh Adam keeps every ω in [1 − lr, 1 + lr]."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(2, 1, 1))
+    x = torch.randn(2, 1, 6, 6) * scale
+    y = (torch.rand(2, 1, 6, 6) > 0.5).float()
+    params = dict(net.named_parameters())
+    fm, nl = network_closures(net, x, lambda o: _bce(o, y), x.flip(-1), lambda o: _bce(o, y.flip(-1)).mean())
+    res = OmegaMetaStep(method=method, lr=lr, reduction=reduction)(_bce(net(x), y), params, fm, nl, inner_lr=1e-3)
+    assert torch.isfinite(res.omega).all()
+    assert res.omega.min() >= 1 - lr - 1e-6 and res.omega.max() <= 1 + lr + 1e-6

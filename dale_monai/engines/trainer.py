@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from ..meta import OmegaMetaStep, logits_of, network_closures, virtual_norm_mode
+from ..networks import unwrap_model
 from .utils import DALEEvents, DALEKeys
 
 __all__ = ["DALETrainer", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError"]
@@ -31,10 +32,6 @@ class NonFiniteError(FloatingPointError):
 class _SkipBatch(Exception):
     def __init__(self, term: str) -> None:
         self.term = term
-
-
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else network
 
 
 def _all_reduce_mean(tensors: list[Tensor]) -> None:
@@ -285,7 +282,7 @@ class DALETrainer(SupervisedTrainer):
         if self.omega_step is None:
             engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = float("nan")
             return torch.ones_like(loss_map_f).detach()
-        net = _unwrap(engine.network)
+        net = unwrap_model(engine.network)
         fuzzy_map, nonfuzzy_loss = network_closures(
             net, x_f, lambda out: self.pixel_loss_map(out, y_f), x_n, lambda out: self.reduced_loss(out, y_n, w_n)
         )
@@ -355,7 +352,7 @@ class DALETrainer(SupervisedTrainer):
         if self.norm_stats == "nonfuzzy":
             # the fuzzy input M^f ⊙ X is darkened almost everywhere: its feature statistics would skew the
             # running BatchNorm estimates that evaluation on raw images relies on
-            with virtual_norm_mode(_unwrap(engine.network)):
+            with virtual_norm_mode(unwrap_model(engine.network)):
                 pred_f = self._forward(engine, x_f)
         else:
             pred_f = self._forward(engine, x_f)

@@ -1,0 +1,85 @@
+"""Smoke test of benchmarks/bench_speed.py: a tiny run writes complete result files (no timing assertions)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_speed.py"
+TINY = ["--size", "32", "--batch", "1", "--repeats", "1", "--warmup", "0", "--backbones", "unet"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_threads():
+    # the benchmark sets torch's thread count for the whole process: restore it for the other tests
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_results_with_every_field(bench, tmp_path, keep_threads):
+    variants = "standard,dale_jvp,dale_jvp_w,dale_double_backward"
+    # memory of two variants only: each is a fresh Python process (seconds to import torch)
+    argv = TINY + ["--variants", variants, "--memory-variants", "standard,dale_jvp", "--memory-iterations", "1",
+                   "--memory-jobs", "2", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    results = json.loads((tmp_path / "speed.json").read_text())
+    env = results["environment"]
+    for key in ("command", "commit", "torch", "monai", "threads", "nproc", "size", "batch", "repeats"):
+        assert key in env, key
+    assert env["threads"] == 2 and env["size"] == 32 and env["batch"] == 1
+    assert "--size 32" in env["command"]
+
+    unet = results["backbones"]["unet"]
+    assert list(unet["variants"]) == variants.split(",")
+    for name, entry in unet["variants"].items():
+        assert len(entry["times_s"]) == 1 and entry["median_s"] > 0, name
+        assert entry["ratio"] > 0 and entry["ratio_paired_median"] > 0 and entry["ratio_of_minima"] > 0
+        assert len(entry["breakdown_per_round_s"]) == 1
+    assert unet["variants"]["standard"]["ratio"] == pytest.approx(1.0)
+    jvp = unet["variants"]["dale_jvp"]["breakdown_median_s"]
+    assert jvp["meta_jvp"] > 0 and jvp["meta_v_pass"] > 0 and jvp["meta_virtual_grad"] > 0
+    assert jvp["meta_second_backward"] == 0
+    db = unet["variants"]["dale_double_backward"]["breakdown_median_s"]
+    assert db["meta_second_backward"] > 0 and db["meta_jvp"] == 0
+    # the phases of an iteration add up to its total
+    for name in ("dale_jvp", "dale_double_backward"):
+        rnd = unet["variants"][name]["breakdown_per_round_s"][0]
+        assert sum(v for k, v in rnd.items() if k != "total") == pytest.approx(rnd["total"], rel=1e-6), name
+    assert {"forward", "backward_and_step"} <= set(unet["variants"]["standard"]["breakdown_median_s"])
+
+    assert unet["partition"]["per_sample_s"] > 0
+    assert 0 < unet["partition"]["share_of_dale_jvp_iteration"] < 1
+    assert set(unet["memory"]) == {"standard", "dale_jvp"}
+    for name, mem in unet["memory"].items():
+        assert mem["peak_rss_mib"] >= mem["rss_before_mib"] > 0, name
+        assert mem["increment_mib"] == pytest.approx(mem["peak_rss_mib"] - mem["rss_before_mib"])
+
+    targets = {t["quantity"]: t for t in results["targets"]}
+    assert set(targets) == {"time_ratio", "partition_share", "memory_ratio"}
+    for t in targets.values():
+        assert isinstance(t["value"], float) and isinstance(t["met"], bool)
+        assert t["met"] == (t["value"] < t["limit"] if t["quantity"] == "partition_share" else t["value"] <= t["limit"])
+
+    md = (tmp_path / "speed.md").read_text()
+    assert env["commit"] in md and "dale_double_backward" in md and "Targets" in md
+
+
+def test_a_run_without_the_standard_iteration_is_refused(bench, tmp_path):
+    with pytest.raises(SystemExit, match="must include 'standard'"):
+        bench.main(TINY + ["--variants", "dale_jvp", "--out", str(tmp_path)])
+    assert not (tmp_path / "speed.json").exists()

@@ -242,9 +242,10 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                  "resume": "@resume"},
             ],
             # handlers that are part of the DALE algorithm, kept apart so that the plain overlay drops them
+            # ε of L_W is drawn from the global torch generator (seeded by set_determinism), whose state the
+            # last checkpoint saves, so a resumed run continues exactly as an uninterrupted one
             "dale_handlers": [
-                {"_target_": "dale_monai.handlers.wasserstein.WassersteinAlignment", "alpha": "@dale#alpha",
-                 "seed": "@seed"},
+                {"_target_": "dale_monai.handlers.wasserstein.WassersteinAlignment", "alpha": "@dale#alpha"},
             ],
             "trainer": {
                 "_target_": "dale_monai.engines.DALETrainer",

@@ -120,6 +120,11 @@ def test_dale_training_resume_and_evaluation(tmp_path, tiny2d):
     _train(name, root, tiny2d, num_epochs=2, resume=True)
     second = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
     assert second["trainer"]["iteration"] == 4  # continued from epoch 1, not restarted
+    # and bit-identical to an uninterrupted 2-epoch run (RNG states travel with the checkpoint)
+    straight = tmp_path / "straight"
+    _train(name, straight, tiny2d, num_epochs=2)
+    reference = torch.load(straight / "models" / "checkpoint_last.pt", weights_only=True)
+    assert all(torch.equal(second["model"][k], v) for k, v in reference["model"].items())
     # evaluation on the test section, at the original size
     run("evaluating", config_file=_configs(name, "inference.json", "evaluate.json"), bundle_root=str(root),
         dataset_dir=str(tiny2d), spatial_size=_small(name))

@@ -9,7 +9,7 @@ medians and ratios to the standard iteration are reported. Variants:
 - ``dale_jvp``: :class:`dale_monai.engines.DALETrainer` with ``OmegaMetaStep("jvp")``;
 - ``dale_jvp_w``: the same with the :class:`dale_monai.handlers.WassersteinAlignment` handler (L_W);
 - ``dale_double_backward``: ``OmegaMetaStep("double_backward")``, the reference;
-- ``dale_jvp_fwad`` (opt-in, ``--variants``): ``jvp`` with the Jacobian-vector product taken by
+- ``dale_jvp_fwad`` (opt-in, ``--variants``; equal to ``dale_jvp`` since ``dale_monai.meta`` uses dual tensors itself): ``jvp`` with the Jacobian-vector product taken by
   :mod:`torch.autograd.forward_ad` dual tensors instead of :func:`torch.func.jvp` (a local
   monkeypatch, see :func:`_use_forward_ad`); it computes the same ω (checked at start-up).
 

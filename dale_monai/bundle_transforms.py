@@ -21,7 +21,15 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SaveImage, SaveImaged, Transform
 from monai.utils import TransformBackends
 
-__all__ = ["AdaptChannels", "AdaptChannelsd", "AdaptChannelsD", "AdaptChannelsDict", "SaveMaskd", "IMAGE_SUFFIXES"]
+__all__ = [
+    "AdaptChannels",
+    "AdaptChannelsd",
+    "AdaptChannelsD",
+    "AdaptChannelsDict",
+    "CheckSampled",
+    "SaveMaskd",
+    "IMAGE_SUFFIXES",
+]
 
 #: file suffixes saved back as PNG by :class:`SaveMaskd` (2D images that carry no spacing worth a NIfTI)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -160,4 +168,49 @@ class SaveMaskd(SaveImaged):
             if not isinstance(img, MetaTensor):
                 raise TypeError(f"SaveMaskd: '{key}' must be a MetaTensor carrying its input's meta data, got {type(img)}")
             self.saver_for(img)(img)
+        return d
+
+
+class CheckSampled(MapTransform):
+    """Reject a sample the network must not be trained on, with a message naming its file.
+
+    - the image holds NaN or Inf values;
+    - the label holds values that are not class indices ``0 .. num_classes - 1``: a 0/255 mask given to a
+      2-class bundle would otherwise be trained on as class 255 (or, after a sigmoid, as a target of 255).
+
+    ``python -m data_prep check --datalist ... --num-classes N`` finds the same problems for a whole datalist
+    before training starts; this transform is the last line of defence inside the pipeline.
+
+    Args:
+        num_classes: number of classes including background (2 for a binary bundle).
+        image_key: key of the image.
+        label_key: key of the label (skipped when absent, as in inference).
+    """
+
+    def __init__(self, num_classes: int, image_key: str = "image", label_key: str = "label") -> None:
+        if int(num_classes) < 2:
+            raise ValueError(f"CheckSampled: num_classes must be at least 2 (background included), got {num_classes}")
+        super().__init__(keys=[image_key, label_key], allow_missing_keys=True)
+        self.num_classes = int(num_classes)
+        self.image_key = image_key
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = torch.as_tensor(d[self.image_key])
+        if not bool(torch.isfinite(image).all()):
+            bad = int((~torch.isfinite(image)).sum())
+            raise ValueError(f"{_source(d[self.image_key])}: the image holds {bad} NaN/Inf value(s)")
+        if self.label_key in d:
+            label = torch.as_tensor(d[self.label_key])
+            values = torch.unique(label)
+            invalid = values[(values < 0) | (values > self.num_classes - 1) | (values != values.round())]
+            if invalid.numel():
+                shown = ", ".join(f"{v:g}" for v in invalid[:8].tolist())
+                hint = " (a 0/255 mask: map 255 to 1, e.g. by converting the dataset with python -m data_prep)" if \
+                    255 in invalid.tolist() else ""
+                raise ValueError(
+                    f"{_source(d[self.label_key])}: label values {shown} are not class indices 0..{self.num_classes - 1}"
+                    f"{hint}"
+                )
         return d

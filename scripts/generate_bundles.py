@@ -98,6 +98,8 @@ def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dic
         {"_target_": "EnsureChannelFirstd", "keys": keys},
         {"_target_": "dale_monai.bundle_transforms.AdaptChannelsd", "keys": "image", "channels": "@in_channels",
          "spatial_dims": "@spatial_dims"},
+        # NaN/Inf images and labels that are not class indices (0/255 masks) stop with the file's name
+        {"_target_": "dale_monai.bundle_transforms.CheckSampled", "num_classes": ds["num_classes"]},
     ]
     if ds["intensity"] == "scale":
         out.append({"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})

@@ -201,3 +201,14 @@ def test_nonfinite_skip_policy_drops_the_batch_and_keeps_weights_finite():
     trainer.run()
     assert trainer.state.skipped_batches == 1
     assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_out_of_memory_gives_an_actionable_message():
+    trainer, net, _ = _trainer(data=_data(n=1))
+
+    def oom(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    net.register_forward_hook(oom)
+    with pytest.raises(torch.OutOfMemoryError, match=r"(?s)batch size.*spatial_size.*Tried to allocate"):
+        trainer.run()

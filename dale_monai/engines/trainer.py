@@ -319,6 +319,13 @@ class DALETrainer(SupervisedTrainer):
     def _iteration(self, engine: DALETrainer, batchdata: dict[str, Tensor]) -> dict:  # type: ignore[override]
         try:
             return self._dale_iteration(engine, batchdata)
+        except torch.OutOfMemoryError as e:
+            raise torch.OutOfMemoryError(
+                f"out of memory in DALE iteration {engine.state.iteration} (epoch {engine.state.epoch}): a DALE "
+                "iteration holds about 2x the activations of a standard one (the fuzzy forward's graph is kept for the "
+                "meta step). Reduce the batch size (--batch_size), the input/patch size (--spatial_size) or the "
+                f"network's width, or enable AMP (--amp true) on a GPU. Original error: {e}"
+            ) from e
         except _SkipBatch as skip:
             engine.optimizer.zero_grad(set_to_none=True)
             engine.state.skipped_batches = getattr(engine.state, "skipped_batches", 0) + 1

@@ -4,4 +4,4 @@ a synthetic default dataset.
 This package never imports :mod:`dale_monai`: preparing data must not depend on the training code.
 """
 
-__all__ = ["io", "datalist"]
+__all__ = ["io", "datalist", "convert", "converters", "synthetic", "noise", "check"]

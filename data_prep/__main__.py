@@ -15,8 +15,6 @@ __all__ = ["MODULES", "build_parser", "main"]
 
 #: every command module; each exposes ``add_parser(subparsers) -> None``
 MODULES = (*COMMAND_MODULES, "data_prep.synthetic", "data_prep.noise", "data_prep.check")
-# written in parallel with the converters: tolerated as absent so that the converters work alone
-_OPTIONAL = ("data_prep.synthetic", "data_prep.noise")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="<dataset>", required=True)
     for name in MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if name in _OPTIONAL and e.name == name:
-                continue
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(name).add_parser(subparsers)
     return parser
 
 

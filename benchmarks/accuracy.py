@@ -88,6 +88,10 @@ ARMS: dict[str, dict] = {
     "dale": dict(paradigm="dale", omega="mean", wasserstein=True),
     "dale_sum": dict(paradigm="dale", omega="sum", wasserstein=True),
     "dale_normalized": dict(paradigm="dale", omega="normalized", wasserstein=True),
+    # how the partition masks enter the steps (DALETrainer mask_mode / mask_inputs), see select_variant.py
+    "dale_weight": dict(paradigm="dale", omega="mean", wasserstein=True, mask_mode="weight"),
+    "dale_unmasked": dict(paradigm="dale", omega="mean", wasserstein=True, mask_mode="weight", mask_inputs=False),
+    "dale_sum_unmasked": dict(paradigm="dale", omega="sum", wasserstein=True, mask_mode="weight", mask_inputs=False),
     "AE": dict(paradigm="dale", omega=None, wasserstein=False, use_edges=False),
     "ER": dict(paradigm="dale", omega=None, wasserstein=False, use_entropy=False),
     "AE+ER": dict(paradigm="dale", omega=None, wasserstein=False),

@@ -188,6 +188,7 @@ class RunConfig:
         omega: ``None`` (ω = 1, the ablation without ω) or the ``OmegaMetaStep`` reduction.
         wasserstein: attach ``WassersteinAlignment`` (α = 0.05).
         use_entropy, use_edges, entropy: partition options (ablation).
+        mask_mode, mask_inputs: ``DALETrainer`` options (how the partition masks enter the two steps).
         seed: seed of initialisation, data order and augmentation.
         profile: the profile name (for the record).
         profile_fields: :func:`profile_fields` of the profile for this dataset (the key depends on it).
@@ -203,10 +204,28 @@ class RunConfig:
     use_entropy: bool = True
     use_edges: bool = True
     entropy: str = "paper"
+    mask_mode: str = "paper"
+    mask_inputs: bool = True
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        # the code version is part of the key: a cached run never stands for a result of other code
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + code_version()
         return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+#: the sources a run's result depends on (the training path; not prediction, bundles or data_prep)
+CODE_FILES = ("dale_monai/partition.py", "dale_monai/transforms.py", "dale_monai/meta.py", "dale_monai/wasserstein.py",
+              "dale_monai/losses.py", "dale_monai/metrics.py", "dale_monai/networks.py", "dale_monai/engines/trainer.py",
+              "dale_monai/engines/utils.py", "dale_monai/handlers/wasserstein.py", "benchmarks/accuracy_core.py")
+
+
+def code_version() -> str:
+    """SHA-1 (12 hex digits) of :data:`CODE_FILES`: a change in any of them gives every run a new cache key."""
+    h = hashlib.sha1()
+    for path in (REPO / f for f in CODE_FILES):
+        h.update(path.relative_to(REPO).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def dataset_kind(dataset: str) -> str:
@@ -482,7 +501,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
         trainer = SupervisedTrainer(**common)
     elif cfg.paradigm == "dale":
         omega = None if cfg.omega is None else OmegaMetaStep(method="jvp", reduction=cfg.omega)
-        trainer = DALETrainer(**common, omega_step=omega, mask_mode="paper")
+        trainer = DALETrainer(**common, omega_step=omega, mask_mode=cfg.mask_mode, mask_inputs=cfg.mask_inputs)
         if cfg.wasserstein:
             WassersteinAlignment(alpha=0.05, seed=cfg.seed).attach(trainer)
         stats = _DALEStats()
@@ -504,6 +523,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     metrics = {m: float(np.nanmean([r[m] for r in rows])) if rows else math.nan for m in METRICS}
     record = {
         "key": cfg.key(),
+        "code_version": code_version(),
         "config": dataclasses.asdict(cfg),
         "metrics": metrics,
         "cases": rows,

@@ -144,7 +144,8 @@ def test_missing_masks_say_which_transform_to_add():
 
 @pytest.mark.parametrize("kw,match", [(dict(mask_mode="soft"), "mask_mode"), (dict(inner_lr=-1.0), "inner_lr"),
                                       (dict(clip_grad_norm=0.0), "clip_grad_norm"),
-                                      (dict(nonfinite="ignore"), "nonfinite"), (dict(norm_stats="x"), "norm_stats")])
+                                      (dict(nonfinite="ignore"), "nonfinite"), (dict(norm_stats="x"), "norm_stats"),
+                                      (dict(mask_inputs="no"), "mask_inputs")])
 def test_bad_settings(kw, match):
     with pytest.raises(ValueError, match=match):
         _trainer(**kw)
@@ -168,6 +169,20 @@ def test_multiclass_network_uses_loss_weights(mask_mode):
     trainer.run()
     # labels are class indices: never multiplied by a soft mask
     assert all(torch.equal(y, data[0]["label"]) and w is not None for y, w in y_seen)
+
+
+@pytest.mark.parametrize("mask_inputs", [True, False])
+def test_mask_inputs_decides_what_the_network_sees(mask_inputs):
+    data = _data(n=1)
+    trainer, net, _ = _trainer(data=data, mask_inputs=mask_inputs)
+    seen = []
+    net.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+    trainer.run()
+    x, m_n, m_f = data[0]["image"], data[0]["mask_n"], data[0]["mask_f"]
+    # the two real forwards (non-fuzzy, then fuzzy) come first; the meta step's virtual passes follow
+    want = (x * m_n, x * m_f) if mask_inputs else (x, x)
+    assert torch.equal(seen[0], want[0]) and torch.equal(seen[1], want[1]) and len(seen) > 2
+    assert all(torch.equal(s, want[0]) or torch.equal(s, want[1]) for s in seen)
 
 
 def test_nonfinite_input_stops_before_any_step_and_names_the_term():

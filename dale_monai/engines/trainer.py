@@ -79,7 +79,10 @@ class DALETrainer(SupervisedTrainer):
             (first parameter group) every iteration, so LR schedules apply.
         mask_mode: ``"paper"``: Y^n = M^n ⊙ Y and Y^f = M^f ⊙ Y for binary (one-channel) networks, as in
             Eq. 7, with a loss weight by the mask for multi-class labels; ``"weight"``: targets stay Y and
-            the loss is weighted by the mask for every network. Inputs are always masked.
+            the loss is weighted by the mask for every network.
+        mask_inputs: ``True`` (the paper, Eq. 7): the steps see X^n = M^n ⊙ X and X^f = M^f ⊙ X. ``False``: both
+            steps (and the meta step's passes) see the unmasked image X and the masks act only through the
+            targets/loss weights of ``mask_mode``, so the network is trained on the inputs it is evaluated on.
         mask_n_key: batch key of M^n.
         mask_f_key: batch key of M^f.
         clip_grad_norm: if set, clip the gradient norm of both real steps to this value (after AMP unscaling).
@@ -106,6 +109,7 @@ class DALETrainer(SupervisedTrainer):
         omega_step: OmegaMetaStep | None = None,
         inner_lr: float | None = None,
         mask_mode: str = "paper",
+        mask_inputs: bool = True,
         mask_n_key: str = DALEKeys.MASK_N,
         mask_f_key: str = DALEKeys.MASK_F,
         clip_grad_norm: float | None = None,
@@ -133,6 +137,8 @@ class DALETrainer(SupervisedTrainer):
     ) -> None:
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        if not isinstance(mask_inputs, bool):
+            raise ValueError(f"mask_inputs must be True or False, got {mask_inputs!r}")
         if inner_lr is not None and not inner_lr > 0:
             raise ValueError(f"inner_lr must be > 0 or None, got {inner_lr!r}")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
@@ -173,6 +179,7 @@ class DALETrainer(SupervisedTrainer):
         self.omega_step = omega_step
         self.inner_lr = inner_lr
         self.mask_mode = mask_mode
+        self.mask_inputs = bool(mask_inputs)
         self.mask_n_key = mask_n_key
         self.mask_f_key = mask_f_key
         self.clip_grad_norm = clip_grad_norm
@@ -351,7 +358,7 @@ class DALETrainer(SupervisedTrainer):
             DALEKeys.FUZZY_FRACTION: float(mask_f.mean()),
         }
         engine.network.train()
-        x_n, x_f = inputs * mask_n, inputs * mask_f
+        x_n, x_f = (inputs * mask_n, inputs * mask_f) if self.mask_inputs else (inputs, inputs)
 
         loss_n, y_n, w_n = self.nonfuzzy_step(engine, x_n, targets, mask_n)
 

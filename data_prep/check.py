@@ -9,8 +9,9 @@ for DICOM folders, numpy for ``.npy``/``.npz``), and reports:
   unreadable or truncated file, DICOM folder with mixed series or missing slices, image/label
   size mismatch, label values outside the configured classes (a 0/255 mask is named as such),
   soft labels under a key other than ``label_soft``, NaN/Inf intensities, an image smaller than
-  ``--min-size`` or ``--patch-size``;
-* warnings: constant image, single-pixel lesion, RGBA image, a format this module cannot read,
+  ``--min-size`` or ``--patch-size``, a palette (mode ``P``) or CMYK/YCbCr/LAB/HSV image (MONAI loads
+  palette indices or those values, not intensities);
+* warnings: constant image, single-pixel lesion, RGBA or grey+alpha image, a format this module cannot read,
   the same image listed twice, the same image in training and in validation/test (leakage);
 * info: empty masks and 16-bit images, counted.
 
@@ -52,6 +53,9 @@ _PATH_KEY_PREFIXES = ("image", "label", "mask", "seg")
 _MAX_SHOWN_VALUES = 8
 # 2D PIL modes holding more than 8 bits per pixel
 _WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# PIL modes whose values MONAI loads as they are stored, which are not grey/RGB intensities
+_PALETTE_MODES = ("P", "PA")
+_OTHER_COLOUR_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
 
 
 @dataclass(frozen=True)
@@ -329,10 +333,17 @@ def _size(shape: Sequence[int]) -> str:
 def _check_image(loaded: _Loaded, s: _Settings) -> list[tuple[str, str, str]]:
     out = []
     arr = loaded.array
-    if loaded.pil_mode in ("RGBA", "LA", "PA"):
-        out.append((WARNING, "rgba", f"{loaded.pil_mode} image: the alpha channel is dropped by data_prep's readers, "
-                                     "but MONAI's PILReader loads it as an extra channel; save it without alpha "
-                                     "(e.g. re-run the data_prep converter)"))
+    if loaded.pil_mode in _PALETTE_MODES:
+        out.append((ERROR, "palette_image", f"palette image (mode {loaded.pil_mode}): MONAI's PILReader loads its "
+                                            "palette indices, not colours, and the bundles reject it; save it as RGB "
+                                            "or grey (e.g. re-run the data_prep converter)"))
+    elif loaded.pil_mode in _OTHER_COLOUR_MODES:
+        out.append((ERROR, "colour_space", f"{loaded.pil_mode} image: MONAI's PILReader loads {loaded.pil_mode} "
+                                           "values, not RGB, and the bundles reject it; convert it to RGB or grey"))
+    elif loaded.pil_mode in ("RGBA", "LA"):
+        out.append((WARNING, "rgba", f"{loaded.pil_mode} image: the bundles (AdaptChannelsd) and data_prep's readers "
+                                     "drop the alpha channel, but a plain MONAI pipeline loads it as an extra channel; "
+                                     "save it without alpha to be safe (e.g. re-run the data_prep converter)"))
     if loaded.pil_mode in _WIDE_PIL_MODES:
         top = int(arr.max()) if arr.size else 0
         bits = 16 if loaded.pil_mode.startswith("I;16") else 32

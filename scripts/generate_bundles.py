@@ -434,7 +434,45 @@ def evaluate_overlay(ds: dict) -> dict:
     }
 
 
-def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
+def _code(entry: list, where: str) -> dict:
+    if not (isinstance(entry, list) and len(entry) == 3 and all(isinstance(v, str) and v for v in entry)):
+        raise ValueError(f"{where}: expected [scheme, code, meaning] as three strings, got {entry!r}")
+    return {"scheme": entry[0], "value": entry[1], "meaning": entry[2]}
+
+
+def segments(ds: dict, table: dict) -> list[dict]:
+    """The foreground labels of a dataset as DICOM SEG segments: value, name, display colour and codes.
+
+    Args:
+        ds: the dataset's settings (``label_names``: label name → value, with ``background: 0``).
+        table: the matrix's ``segments`` table, label name → ``{color, category, type}``.
+
+    Raises:
+        ValueError: for labels that are not ``0 .. num_classes - 1``, or a label missing from ``table`` or
+            described wrongly (a colour that is not three 0..255 integers, a code that is not three strings).
+    """
+    values = sorted(ds["label_names"].values())
+    if values != list(range(int(ds["num_classes"]))) or ds["label_names"].get("background") != 0:
+        raise ValueError(f"label_names {ds['label_names']}: expected background: 0 and values "
+                         f"0..{ds['num_classes'] - 1}")
+    out = []
+    for label, value in sorted(ds["label_names"].items(), key=lambda kv: kv[1]):
+        if value == 0:
+            continue
+        if label not in table:
+            raise ValueError(f"segments: no entry for label {label!r} (known: {sorted(table)})")
+        entry = table[label]
+        color = entry.get("color")
+        if not (isinstance(color, list) and len(color) == 3 and all(isinstance(c, int) and 0 <= c <= 255
+                                                                    for c in color)):
+            raise ValueError(f"segments: {label}: color must be three integers 0..255, got {color!r}")
+        out.append({"value": value, "name": label, "color": color,
+                    "category": _code(entry.get("category"), f"segments: {label}: category"),
+                    "type": _code(entry.get("type"), f"segments: {label}: type")})
+    return out
+
+
+def metadata(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -> dict:
     binary = _binary(ds)
     out_channels = _out_channels(ds)
     names = ", ".join(f"{k}: {v}" for k, v in ds["label_names"].items())
@@ -496,6 +534,8 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict) -> dict:
                 }
             },
         },
+        # label names, display colours and SNOMED CT codes: DICOM SEG and overlays of `python -m dale_monai predict`
+        "segments": segments(ds, segment_table),
     }
 
 
@@ -600,6 +640,13 @@ or `--datalist "['a.png', 'b.nii.gz']"` (or the path of a JSON list or datalist)
 dataset's test images. Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
 `models/model.pt` (`--ckpt_path FILE`).
 
+For pipelines, the same configs behind one command that takes a file, a folder or a folder of DICOM series
+(grouped by series UID), writes DICOM SEG for DICOM input, reports and skips a bad case, and summarises each
+case's {"area or volume" if ds["dims"] == 2 else "volume"} in physical units
+([docs/predict.md](../../../docs/predict.md)):
+
+    python -m dale_monai predict --bundle bundles/{name} --input PATH --output DIR
+
 ## Export and checks
 
     python -m monai.bundle verify_metadata --meta_file bundles/{name}/configs/metadata.json --filepath bundles/schema/{SCHEMA_NAME}
@@ -616,7 +663,7 @@ A bundle is code: MONAI evaluates the `$` expressions of its configs. Load only 
 """
 
 
-def render(name: str, ds: dict, bb: dict, versions: dict) -> dict[str, str]:
+def render(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -> dict[str, str]:
     """Relative path → file content of one bundle."""
 
     def js(obj) -> str:
@@ -628,7 +675,7 @@ def render(name: str, ds: dict, bb: dict, versions: dict) -> dict[str, str]:
         "configs/multi_gpu_train.json": js(multi_gpu_overlay(bb)),
         "configs/inference.json": js(inference_config(name, ds, bb)),
         "configs/evaluate.json": js(evaluate_overlay(ds)),
-        "configs/metadata.json": js(metadata(name, ds, bb, versions)),
+        "configs/metadata.json": js(metadata(name, ds, bb, versions, segment_table)),
         "configs/logging.conf": LOGGING_CONF,
         "docs/README.md": readme(name, ds, bb),
         "LICENSE": LICENSE,
@@ -666,7 +713,10 @@ def load_matrix(path: Path = MATRIX) -> dict[str, dict[str, str]]:
         name = f"{row['dataset']}_{row['backbone']}"
         if name in out:
             raise ValueError(f"{path}: bundle {name} is listed twice")
-        out[name] = render(name, ds, bb, matrix["versions"])
+        try:
+            out[name] = render(name, ds, bb, matrix["versions"], matrix.get("segments", {}))
+        except ValueError as e:
+            raise ValueError(f"{path}: bundles[{i}] ({name}): {e}") from None
         backbones_of[row["dataset"]].add(row["backbone"])
     for dataset, found in backbones_of.items():
         missing = [b for b in REQUIRED_BACKBONES if b not in found]

@@ -1,0 +1,65 @@
+"""Command line of dale-monai: ``python -m dale_monai <command>``.
+
+    python -m dale_monai predict --bundle bundles/synthetic2d_unet --input scans/ --output masks/
+
+Exit status of ``predict``: 0 when every case succeeded (cases skipped because their outputs exist count as
+success), 1 when at least one case failed, 2 when nothing could run (bad arguments, bundle, checkpoint or input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one sub-command per task."""
+    parser = argparse.ArgumentParser(prog="python -m dale_monai", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = commands.add_parser(
+        "predict", help="segment images, NIfTI files and DICOM series with a bundle",
+        description="Segment a file, a folder, or a folder of DICOM series with a bundle's own inference.json. "
+                    "Writes <case>_seg.png (image files), <case>_seg.nii.gz (NIfTI, DICOM) and <case>_seg.dcm "
+                    "(DICOM SEG, for DICOM input) into the output folder, with summary.csv and summary.json. "
+                    "See docs/predict.md.")
+    p.add_argument("--bundle", required=True, help="the bundle folder, e.g. bundles/synthetic2d_unet")
+    p.add_argument("--input", required=True,
+                   help="a PNG/JPG/BMP/TIFF or NIfTI file, a folder of them, a DICOM series folder, or a folder of "
+                        "DICOM series (grouped by SeriesInstanceUID)")
+    p.add_argument("--output", required=True, help="output folder (created; nothing is written elsewhere)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip those cases)")
+    p.add_argument("--overlay", action="store_true", help="also write <case>_overlay.png for a visual check")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: the bundle's choice, CUDA when available)")
+    p.add_argument("--checkpoint", default=None, help="weights file (default: the bundle's models/model.pt)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return parser
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from dale_monai.predict import CheckpointError, Predictor
+
+    try:
+        predictor = Predictor(args.bundle, device=args.device, checkpoint=args.checkpoint)
+        report = predictor.predict_path(args.input, args.output, overwrite=args.overwrite, overlay=args.overlay,
+                                        progress=args.progress)
+    except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.describe())
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
+    raise AssertionError(f"unhandled command {args.command}")  # argparse only accepts the commands above
+
+
+if __name__ == "__main__":
+    sys.exit(main())

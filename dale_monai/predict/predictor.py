@@ -1,0 +1,252 @@
+"""Predict with a bundle on files, folders and DICOM series, through the bundle's own ``inference.json``.
+
+The network, ``preprocessing``, ``inferer`` and ``postprocessing`` (``Invertd`` back to the input's grid, then the
+bundle's ``SaveMaskd``) are the bundle's config items, parsed with MONAI's ``ConfigParser``; nothing here
+preprocesses or resamples. Around them: case discovery, weights checked before the first case, per-case error
+isolation, DICOM SEG, overlays, a summary, and outputs that appear atomically under their final names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .checkpoint import load_weights
+from .dicom_seg import RAS_TO_LPS, write_dicom_seg
+from .files import safe_join
+from .inputs import Case, discover_cases
+from .overlay import overlay_rgb, write_overlay
+from .segments import Segment, bundle_segments
+from .summary import CaseResult, PredictionReport, mask_measures, write_summary
+
+__all__ = ["Predictor"]
+
+_SAVERS = ("SaveMaskd", "SaveImaged")
+_OWN_OUTPUT = re.compile(r"_(seg\.png|seg\.nii\.gz|overlay\.png)$")
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific message of an error chain: the first one below MONAI's ``applying transform ...``
+    wrappers (an error raised on purpose names the file; the low-level error it wraps may not)."""
+    chain: list[BaseException] = []
+    inner: BaseException | None = exc
+    while inner is not None and inner not in chain:
+        chain.append(inner)
+        inner = inner.__cause__ or inner.__context__
+    chosen = next((e for e in chain if str(e).strip() and not str(e).startswith("applying transform")), chain[-1])
+    text = str(chosen).strip().splitlines()
+    return f"{type(chosen).__name__}: {text[0] if text else ''}".strip(": ")
+
+
+def _link(src: str, dst: Path) -> None:
+    try:
+        os.symlink(src, dst)
+    except OSError:  # no symlinks (Windows without privilege): a hard link, else a copy
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+class Predictor:
+    """A bundle ready to predict: config parsed, network built, weights loaded and checked.
+
+    Example::
+
+        from dale_monai.predict import Predictor
+
+        report = Predictor("bundles/synthetic2d_unet").predict_path("scans/", "masks/")
+        print(report.describe())
+
+    Args:
+        bundle: the bundle folder (holding ``configs/inference.json`` and ``configs/metadata.json``).
+        device: ``cpu``, ``cuda``, ``cuda:1``...; None keeps the bundle's choice (CUDA when available).
+        checkpoint: weights file; None takes the bundle's ``ckpt_path`` (``models/model.pt``).
+        overrides: config items to replace, id → value (``{"spatial_size": [64, 64]}``), as on the command
+            line of ``monai.bundle run``.
+
+    Raises:
+        FileNotFoundError: when the bundle has no ``configs/inference.json``.
+        ValueError: for an unavailable device, or metadata segments that do not match the bundle's classes.
+        CheckpointError: for a missing or mismatched checkpoint (see :func:`~.checkpoint.load_weights`).
+    """
+
+    def __init__(self, bundle: str | os.PathLike, device: str | torch.device | None = None,
+                 checkpoint: str | os.PathLike | None = None, overrides: Mapping[str, Any] | None = None) -> None:
+        from monai.bundle import ConfigParser
+
+        self.bundle_dir = Path(bundle).expanduser().resolve()
+        config = self.bundle_dir / "configs" / "inference.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"bundle {self.bundle_dir}: {config} does not exist (is it a bundle folder?)")
+        meta_file = self.bundle_dir / "configs" / "metadata.json"
+        try:
+            self.metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta_file}: not valid JSON ({e})") from None
+        self.name = str(self.metadata.get("name") or self.bundle_dir.name)
+        self.parser = ConfigParser()
+        self.parser.read_config(str(config))
+        self.parser["bundle_root"] = str(self.bundle_dir)
+        if device is not None:
+            dev = torch.device(device)
+            if dev.type == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"device {device}: CUDA is not available on this machine (use --device cpu)")
+            self.parser["device"] = f"$torch.device('{dev}')"
+        for key, value in (overrides or {}).items():
+            self.parser[key] = value
+        for key in ("device", "network", "num_classes", "preprocessing", "inferer", "postprocessing"):
+            if key not in self.parser:
+                raise ValueError(f"bundle {self.bundle_dir}: {config} has no '{key}'")
+        if checkpoint is None and "ckpt_path" not in self.parser:
+            raise ValueError(f"bundle {self.bundle_dir}: {config} has no 'ckpt_path'; give the weights file")
+        self.device = torch.device(self.parser.get_parsed_content("device"))
+        self.checkpoint = Path(checkpoint).expanduser().resolve() if checkpoint is not None else \
+            Path(self.parser.get_parsed_content("ckpt_path"))
+        self.network = self.parser.get_parsed_content("network")
+        load_weights(self.network, self.checkpoint, bundle=str(self.bundle_dir), map_location=self.device)
+        self.network.eval()
+        num_classes = int(self.parser.get_parsed_content("num_classes"))
+        self.segments: list[Segment] = bundle_segments(self.metadata, num_classes, source=str(meta_file))
+
+    # ------------------------------------------------------------------------------------------- components
+    def _components(self, mask_dir: Path) -> tuple:
+        """The bundle's preprocessing, inferer and postprocessing, its saver writing into ``mask_dir``."""
+        self.parser["output_dir"] = str(mask_dir)
+        steps = self.parser["postprocessing"].get("transforms", [])
+        savers = [i for i, t in enumerate(steps) if str(t.get("_target_", "")).rsplit(".", 1)[-1] in _SAVERS]
+        if not savers:
+            raise ValueError(f"bundle {self.bundle_dir}: its inference.json postprocessing has no SaveMaskd or "
+                             "SaveImaged step writing to @output_dir")
+        for i in savers:
+            self.parser[f"postprocessing#transforms#{i}#print_log"] = False  # the progress bar reports instead
+        return (self.parser.get_parsed_content("preprocessing"), self.parser.get_parsed_content("inferer"),
+                self.parser.get_parsed_content("postprocessing"))
+
+    # ------------------------------------------------------------------------------------------- one case
+    def _infer(self, source: str, components: tuple) -> Any:
+        """Run one input as the bundle's ``SupervisedEvaluator`` does; returns the postprocessed ``pred``."""
+        from monai.data import decollate_batch, list_data_collate
+
+        preprocessing, inferer, postprocessing = components
+        batch = list_data_collate([preprocessing({"image": source})])
+        inputs = batch["image"].to(self.device)
+        with torch.no_grad():
+            pred = inferer(inputs, self.network)
+        item = decollate_batch({"image": inputs, "pred": pred}, detach=True)[0]
+        return postprocessing(item)["pred"]
+
+    def _run_case(self, case: Case, out: Path, stage: Path, mask_dir: Path, components: tuple, overwrite: bool,
+                  overlay: bool) -> CaseResult:
+        result = CaseResult(case.name, case.source, "failed", series_uid=case.series_uid)
+        if case.error:
+            result.error = case.error
+            return result
+        if not overwrite:
+            existing = sorted(p.name for p in out.glob(f"{case.name}_seg.*")) + \
+                ([f"{case.name}_overlay.png"] if overlay and (out / f"{case.name}_overlay.png").exists() else [])
+            if existing:
+                result.status = "skipped"
+                result.error = f"output exists: {out / existing[0]} (pass --overwrite to replace it)"
+                return result
+        source = case.source
+        if case.kind == "dicom":  # one clean folder per series: ITK reads every file of a folder it is given
+            folder = stage / "series" / case.name
+            folder.mkdir(parents=True)
+            for i, f in enumerate(case.files):
+                _link(f, folder / f"{i:06d}.dcm")
+            source = str(folder)
+        pred = self._infer(source, components)
+        written = [p for p in mask_dir.iterdir() if p.is_file()] if mask_dir.is_dir() else []
+        if len(written) != 1:
+            raise RuntimeError(f"the bundle's saver wrote {len(written)} files for one case (expected 1)")
+        ext = ".nii.gz" if written[0].name.endswith(".nii.gz") else written[0].suffix
+        staged = {f"{case.name}_seg{ext}": written[0]}
+        mask = np.rint(pred.detach().cpu().numpy()[0]).astype(np.uint8)
+        affine = pred.affine.detach().cpu().numpy() if hasattr(pred, "affine") else None
+        result.measures = mask_measures(mask, affine if case.kind != "image" else None, self.segments)
+        if case.kind == "dicom":
+            space = str(pred.meta.get("space", "RAS")).upper()
+            lps = RAS_TO_LPS @ affine if space == "RAS" else affine
+            name = f"{case.name}_seg.dcm"
+            staged[name] = write_dicom_seg(stage / name, mask, lps, case.files, self.segments, self.name,
+                                           str(self.metadata.get("version", "")))
+        if overlay:
+            from monai.transforms import LoadImage
+
+            image = LoadImage(image_only=True, ensure_channel_first=True)(source)
+            name = f"{case.name}_overlay.png"
+            staged[name] = write_overlay(stage / name, overlay_rgb(image.numpy(), mask, self.segments))
+        for name, tmp in staged.items():
+            final = safe_join(out, name)
+            if final.exists() and not overwrite:
+                raise FileExistsError(f"{final} appeared during the run; not replaced")
+            os.replace(tmp, final)
+            result.outputs.append(str(final))
+        result.status = "ok"
+        return result
+
+    # ------------------------------------------------------------------------------------------- a run
+    def predict_path(self, input: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
+                     overlay: bool = False, progress: bool = True) -> PredictionReport:
+        """Predict every case under ``input`` into ``output_dir``.
+
+        Outputs per case ``<name>``: ``<name>_seg.png`` (2D image files) or ``<name>_seg.nii.gz`` (NIfTI, DICOM),
+        ``<name>_seg.dcm`` (DICOM SEG, DICOM input), ``<name>_overlay.png`` (``overlay``); for the run
+        ``summary.csv`` and ``summary.json``. A case that fails is recorded with its reason and the others
+        continue; a case whose outputs exist is skipped unless ``overwrite``.
+
+        Args:
+            input: a file, a folder, or a folder of DICOM series (see :func:`~.inputs.discover_cases`).
+            output_dir: where outputs go (created); nothing is written elsewhere.
+            overwrite: replace existing outputs.
+            overlay: also write overlay PNGs.
+            progress: show a progress bar (tqdm, on stderr) for more than one case.
+
+        Raises:
+            FileNotFoundError, ValueError: when ``input`` is missing or holds no input at all.
+        """
+        from tqdm.auto import tqdm
+
+        out = Path(output_dir).expanduser().resolve()
+        # an output folder inside (or equal to) the input holds earlier masks: not inputs
+        cases = [c for c in discover_cases(input)
+                 if not (Path(c.source).parent == out and _OWN_OUTPUT.search(Path(c.source).name))]
+        out.mkdir(parents=True, exist_ok=True)
+        report = PredictionReport([])
+        stage_root = Path(tempfile.mkdtemp(prefix=".predict-", dir=out))
+        try:
+            # parsed once: Invertd must hold the very preprocessing instance that transformed the image
+            mask_dir = stage_root / "masks"
+            components = self._components(mask_dir)
+            bar = tqdm(cases, desc=self.name, unit="case", disable=not progress or len(cases) < 2)
+            for i, case in enumerate(bar):
+                stage = stage_root / f"case{i}"
+                stage.mkdir()
+                try:
+                    result = self._run_case(case, out, stage, mask_dir, components, overwrite, overlay)
+                except Exception as e:  # one bad case is reported, the others go on
+                    result = CaseResult(case.name, case.source, "failed", error=_reason(e),
+                                        series_uid=case.series_uid)
+                finally:
+                    shutil.rmtree(stage, ignore_errors=True)
+                    shutil.rmtree(mask_dir, ignore_errors=True)
+                report.cases.append(result)
+                if result.status != "ok" and progress:
+                    bar.write(f"{result.status.upper()} {case.name}: {result.error}", file=sys.stderr)
+        finally:
+            shutil.rmtree(stage_root, ignore_errors=True)
+        info = {"bundle": str(self.bundle_dir), "bundle_name": self.name,
+                "bundle_version": self.metadata.get("version"), "checkpoint": str(self.checkpoint),
+                "device": str(self.device), "input": str(Path(input).expanduser().resolve()), "output_dir": str(out)}
+        return write_summary(report, out, self.segments, info)

@@ -94,12 +94,14 @@ def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dic
     keys = ["image", "label"] if with_label else ["image"]
     out: list[dict] = [
         # no fixed reader: PNG/JPG/BMP (PIL), NIfTI (nibabel), DICOM series folders (ITK) by their suffix
-        {"_target_": "LoadImaged", "keys": keys, "image_only": True},
+        {"_target_": "dale_monai.bundle_transforms.CheckedLoadImaged", "keys": keys, "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": keys},
         {"_target_": "dale_monai.bundle_transforms.AdaptChannelsd", "keys": "image", "channels": "@in_channels",
          "spatial_dims": "@spatial_dims"},
         # NaN/Inf images and labels that are not class indices (0/255 masks) stop with the file's name
-        {"_target_": "dale_monai.bundle_transforms.CheckSampled", "num_classes": ds["num_classes"]},
+        {"_target_": "dale_monai.bundle_transforms.CheckSampled", "num_classes": ds["num_classes"],
+         # unscaled datasets promise [0, 1] intensities: a raw 16-bit image would otherwise train silently
+         **({"intensity_range": [0, 1]} if ds["intensity"] == "none" else {})},
     ]
     if ds["intensity"] == "scale":
         out.append({"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})
@@ -201,7 +203,10 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "omega_steps": 1,
             "omega_reduction": "mean",
             "alpha": 0.05,
-            "mask_mode": "paper",
+            # chosen on validation Dice (benchmarks/select_variant.py, BENCHMARKS.md): the paper's masked inputs
+            # (mask_mode paper, mask_inputs true) train on images unlike those the network is evaluated on
+            "mask_mode": "weight",
+            "mask_inputs": False,
         },
         "network_def": common["network_def"],
         "network": common["network"],
@@ -261,6 +266,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                                "lr": "@dale#omega_lr", "eps": "@dale#omega_eps", "steps": "@dale#omega_steps",
                                "reduction": "@dale#omega_reduction"},
                 "mask_mode": "@dale#mask_mode",
+                "mask_inputs": "@dale#mask_inputs",
                 "inferer": "@train#inferer",
                 "postprocessing": "@train#postprocessing",
                 "train_handlers": "$@train#handlers + @train#dale_handlers",
@@ -622,7 +628,10 @@ from one process on the same global batch; the real gradients are averaged exact
 `patch_size` {ds['patch_size']}, `tau` 0.9, `bins` 256, `edge` morph, `entropy` paper (Eq. 3 as printed),
 `omega_method` jvp (exact; `double_backward` is the reference), `omega_lr` 0.1, `omega_eps` 1e-8, `omega_steps` (K)
 1, `omega_reduction` mean (the released behaviour; `sum`/`normalized` re-weight more strongly), `alpha` 0.05
-(weight of the Wasserstein term), `mask_mode` paper. See the repository's `README.md` for what each means.
+(weight of the Wasserstein term), `mask_mode` weight and `mask_inputs` false (both steps see the whole image and the
+partition masks weight the losses; chosen on validation Dice, see the repository's `BENCHMARKS.md`; the paper's
+masked inputs are `--dale#mask_mode paper --dale#mask_inputs true`). See the repository's `README.md` for what each
+means.
 
 ## Evaluation
 On the `test` section of the dataset, at each image's original size:

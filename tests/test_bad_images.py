@@ -112,8 +112,6 @@ def test_truncated_png_is_named_by_the_checked_loader(pngs, which):
     assert any(str(pngs / "truncated.png") in m and "truncated" in m for m in messages), messages
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped bundles load with MONAI's LoadImaged, whose PIL error for a "
-                                       "truncated PNG names no file; generate_bundles.py should emit CheckedLoadImaged")
 def test_shipped_bundle_names_a_truncated_png(pngs):
     transform = _pipeline("synthetic2d_unet")
     messages = _errors(lambda: transform(_sample(pngs, "truncated.png")))
@@ -203,8 +201,6 @@ def test_unscaled_bundle_rejects_intensities_outside_its_range(pngs):
     assert any("g16.png" in m and "outside 0..1" in m for m in messages), messages
 
 
-@pytest.mark.xfail(strict=True, reason="the synapse bundles' CheckSampled has no intensity_range yet; "
-                                       "generate_bundles.py should emit intensity_range [0, 1] where intensity is none")
 def test_shipped_unscaled_bundle_rejects_a_16bit_png(pngs):
     messages = _errors(lambda: _pipeline("synapse_unet")(_sample(pngs, "g16.png")))
     assert any("g16.png" in m and "outside 0..1" in m for m in messages), messages

@@ -185,6 +185,27 @@ def test_discovery_groups_dicom_by_series_and_reports_unreadable_files(tmp_path)
     assert [x.kind for x in discover_cases(tmp_path / "scan.nii.gz")] == ["nifti"]
 
 
+def test_discovery_reports_series_with_missing_or_repeated_slices(tmp_path):
+    import os
+
+    from pydicom import dcmread
+
+    rng = np.random.default_rng(1)
+    write_series(tmp_path / "gap", rng.integers(0, 100, (5, 4, 4)))
+    by_z = {float(dcmread(p).ImagePositionPatient[2]): p for p in (tmp_path / "gap").iterdir()}
+    os.remove(by_z[30.0 + 2 * 2.5])  # the middle slice
+    write_series(tmp_path / "dup", rng.integers(0, 100, (3, 4, 4)))
+    first = sorted((tmp_path / "dup").iterdir())[0]
+    ds = dcmread(first)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID + ".9"
+    ds.save_as(tmp_path / "dup" / "copy.dcm")
+    write_series(tmp_path / "fine", rng.integers(0, 100, (3, 4, 4)))
+    cases = {c.name: c for c in discover_cases(tmp_path)}
+    assert cases["fine"].error is None
+    assert "missing slices between" in cases["gap"].error and "gap 5.00 mm, slice spacing 2.50 mm" in cases["gap"].error
+    assert "share the slice position" in cases["dup"].error and "copy.dcm" in cases["dup"].error
+
+
 def test_discovery_errors_and_skipped_objects(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         discover_cases(tmp_path / "missing")

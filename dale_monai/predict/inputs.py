@@ -13,11 +13,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from dale_monai.bundle import INPUT_SUFFIXES, _is_dicom, _suffix
 
 from .files import safe_name
 
-__all__ = ["Case", "discover_cases", "IMAGE_KINDS", "NIFTI_SUFFIXES"]
+__all__ = ["Case", "discover_cases", "series_problem", "IMAGE_KINDS", "NIFTI_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: kinds of case: 2D image files (no physical spacing), NIfTI files, DICOM series
@@ -25,7 +27,8 @@ IMAGE_KINDS = ("image", "nifti", "dicom")
 # DICOM objects that are not images to segment (earlier SEG outputs, reports, DICOMDIR)
 _NOT_IMAGES = {"SEG", "SR", "RTSTRUCT", "PR", "KO", "DOC", "REG", "RTPLAN", "RTDOSE"}
 _DICOMDIR = "1.2.840.10008.1.3.10"
-_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID"]
+_TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "Rows", "Columns", "ImagePositionPatient",
+         "ImageOrientationPatient"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,52 @@ def _read_header(path: Path):
     return dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
 
 
+def _floats(value, n: int) -> np.ndarray | None:
+    try:
+        out = np.asarray([float(v) for v in value], float)
+    except (TypeError, ValueError):
+        return None
+    return out if out.shape == (n,) else None
+
+
+def series_problem(headers: list, paths: list[Path]) -> str | None:
+    """Why a series' slices cannot form one volume (mixed sizes or orientations, repeated positions, missing
+    slices), or None. ITK would read such a series into a volume with a wrong geometry without a word.
+
+    Args:
+        headers: the slices' pydicom headers (``Rows``, ``Columns``, ``ImagePositionPatient``,
+            ``ImageOrientationPatient``).
+        paths: their files, in the same order (named in the message).
+    """
+    sizes = {(h.get("Rows"), h.get("Columns")) for h in headers}
+    if len(sizes) > 1:
+        return f"slices of mixed sizes {sorted(sizes, key=str)}"
+    orients = [_floats(h.get("ImageOrientationPatient"), 6) for h in headers]
+    positions = [_floats(h.get("ImagePositionPatient"), 3) for h in headers]
+    if len(headers) < 2 or any(o is None for o in orients) or any(p is None for p in positions):
+        return None  # nothing to check against: ITK falls back to the instance order
+    if any(not np.allclose(o, orients[0], atol=1e-4) for o in orients):
+        return "slices of mixed orientations"
+    normal = np.cross(orients[0][:3], orients[0][3:])
+    along = np.array([float(p @ normal) for p in positions])
+    order = np.argsort(along)
+    gaps = np.diff(along[order])
+    if gaps.min() < 1e-3:
+        i = int(np.argmin(gaps))
+        return f"{paths[order[i]].name} and {paths[order[i + 1]].name} share the slice position {along[order[i]]:.2f} mm"
+    step = float(np.median(gaps))
+    if gaps.max() > 1.5 * step:
+        i = int(np.argmax(gaps))
+        return (f"missing slices between {paths[order[i]].name} and {paths[order[i + 1]].name} (gap "
+                f"{gaps[i]:.2f} mm, slice spacing {step:.2f} mm)")
+    return None
+
+
 def _dicom_cases(files: list[Path], root: Path) -> list[Case]:
     """Group DICOM files into series; a file pydicom cannot read becomes an error case."""
     groups: dict[str, list[Path]] = defaultdict(list)
     headers: dict[str, object] = {}
+    slice_headers: dict[str, list] = defaultdict(list)
     out: list[Case] = []
     for path in files:
         try:
@@ -72,6 +117,7 @@ def _dicom_cases(files: list[Path], root: Path) -> list[Case]:
         if not uid or sop_class == _DICOMDIR or str(ds.get("Modality", "")).upper() in _NOT_IMAGES:
             continue
         groups[uid].append(path)
+        slice_headers[uid].append(ds)
         headers.setdefault(uid, ds)
     # a series is named after its folder; series sharing a folder add their series number (else a UID suffix)
     by_folder: dict[Path, list[str]] = defaultdict(list)
@@ -85,8 +131,10 @@ def _dicom_cases(files: list[Path], root: Path) -> list[Case]:
             if len(uids) > 1:
                 number = headers[uid].get("SeriesNumber")
                 name = f"{base}_series{number}" if number not in (None, "") else f"{base}_{safe_name(uid[-12:])}"
+            problem = series_problem(slice_headers[uid], groups[uid])
             out.append(Case(name, str(folder), "dicom", files=tuple(str(p) for p in sorted(groups[uid])),
-                            series_uid=uid))
+                            series_uid=uid, error=None if problem is None else
+                            f"DICOM series {uid} in {folder}: {problem}; it cannot be read as one volume"))
     return out
 
 

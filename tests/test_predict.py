@@ -242,9 +242,16 @@ def test_multiclass_bundle_writes_one_segment_per_label(tmp_path):
     from pydicom import dcmread
 
     bundle, overrides = _bundle(tmp_path, "synapse_unet", classes=9)
-    predictor = Predictor(bundle, device="cpu", overrides=overrides)
     voxels = _voxels(np.random.default_rng(5), (3, ROWS, COLS))
     write_series(tmp_path / "ct", voxels, SPACING, STEP, ORIGIN)
+    # Synapse bundles expect CT already windowed to [0, 1] (TransUNet's preprocessing): raw HU are refused
+    report = Predictor(bundle, device="cpu", overrides=overrides).predict_path(tmp_path / "ct", tmp_path / "raw",
+                                                                                 progress=False)
+    assert not report.ok and "outside 0..1" in report.cases[0].error
+    check = json.loads((bundle / "configs" / "inference.json").read_text())["preprocessing"]["transforms"]
+    index = [t["_target_"] for t in check].index("dale_monai.bundle_transforms.CheckSampled")
+    overrides = {**overrides, f"preprocessing#transforms#{index}#intensity_range": None}
+    predictor = Predictor(bundle, device="cpu", overrides=overrides)
     report = predictor.predict_path(tmp_path / "ct", tmp_path / "out", progress=False)
     assert report.ok, report.describe()
     ds = dcmread(tmp_path / "out" / "ct_seg.dcm")

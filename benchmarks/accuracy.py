@@ -165,7 +165,8 @@ def _noise_level(work: Path, dataset: str) -> float:
 def _run_row(protocol: str, profile: str, dataset: str, arm: str, seed: int, rec: dict) -> dict:
     row = {"protocol": protocol, "profile": profile, "dataset": dataset, "arm": arm, "seed": seed,
            **rec["metrics"], "iterations": rec["iterations"], "train_wall_s": rec["train_wall_s"],
-           "train_cpu_s": rec["train_cpu_s"], "key": rec["key"], "curve": rec["curve"]}
+           "train_cpu_s": rec["train_cpu_s"], "key": rec["key"], "code_version": rec.get("code_version", "unknown"),
+           "curve": rec["curve"]}
     row["final_val_dice"] = rec["curve"][-1]["val_dice"] if rec["curve"] else math.nan
     for k in DALE_STATS:
         row[k] = rec["dale_stats"].get(k, math.nan)
@@ -277,7 +278,9 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
     seeds_done = sorted({r["seed"] for r in runs})
     md = [f"# Protocol {protocol.number}: {protocol.title}", "",
           f"{'Complete' if finished else 'PARTIAL (still running)'}: seeds {seeds_done}.", "",
-          f"- Command: `{command}`", f"- Commit: `{_commit()}`", f"- Profile: {profile.describe()}",
+          f"- Command: `{command}`", f"- Commit: `{_commit()}`; code version of the runs (hash of the training sources, "
+          f"`accuracy_core.CODE_FILES`): {', '.join(sorted({r['code_version'] for r in runs}))}",
+          f"- Profile: {profile.describe()}",
           f"- Question: {protocol.question}",
           "- Metrics on the test section at the profile's resolution (labels resized nearest), final weights; "
           "HD95/ASD in pixels of that resolution; fuzzy-region Dice inside M^f > 0.9 of the test image and its "

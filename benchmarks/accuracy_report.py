@@ -35,7 +35,7 @@ RUN_COLUMNS = ("protocol", "profile", "dataset", "arm", "seed", "dice", "miou", 
                "iterations", "train_wall_s", "train_cpu_s", "final_val_dice", "fuzzy_fraction", "omega_mean",
                "omega_abs_dev", "omega_frac_below_1", "omega_frac_small_grad", "loss_w", "noisy_in_fuzzy",
                "mask_f_noisy", "mask_f_clean", "omega_below1_noisy", "omega_below1_clean", "omega_mean_noisy",
-               "omega_mean_clean", "key")
+               "omega_mean_clean", "key", "code_version")
 SUMMARY_COLUMNS = ("dataset", "arm", "n_seeds", "dice_mean", "dice_std", "miou_mean", "miou_std", "hd95_mean",
                    "hd95_std", "asd_mean", "asd_std", "fuzzy_dice_mean", "fuzzy_dice_std", "train_cpu_s_mean")
 COMPARISON_COLUMNS = ("dataset", "arm", "baseline", "metric", "n", "arm_mean", "baseline_mean", "diff_mean",

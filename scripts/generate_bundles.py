@@ -405,6 +405,10 @@ def inference_config(name: str, ds: dict, bb: dict) -> dict:
                  "output_postfix": "seg"}
             ],
         },
+        # read by MONAI Label only (it drops our saver and writes the label through ITK, which needs an (H, W)
+        # integer array for a 2D image): the same transform instances, so Invertd inverts what actually ran
+        "post_transforms": "$list(@postprocessing.transforms) + [monai.transforms.SqueezeDimd(keys='pred', dim=0), "
+                           "monai.transforms.CastToTyped(keys='pred', dtype=torch.uint8)]",
         "handlers": [checkpoint, {"_target_": "StatsHandler", "iteration_log": False}],
         "evaluator": {
             "_target_": "SupervisedEvaluator",

@@ -41,6 +41,8 @@ from accuracy_core import (  # noqa: E402
 __all__ = ["CANDIDATES", "main"]
 
 CANDIDATES = ("standard", "dale", "dale_weight", "dale_unmasked", "dale_sum_unmasked")
+# a further question asked the same way: does L_W help (``dale_unmasked``) or not (``+omega``, α = 0)?
+#   python benchmarks/select_variant.py --seeds 3 --arms standard,dale_unmasked,+omega
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write_report(outdir: Path) -> None:
     """Merge every ``runs_seeds*.json`` of ``outdir`` into its README (validation Dice, mean ± std over seeds)."""
     parts = [json.loads(p.read_text()) for p in sorted(outdir.glob("runs_seeds*.json"))]
-    rows = [r for p in parts for r in p["rows"]]
+    # a run shared by several parts (the same dataset, arm and seed) counts once
+    rows = list({(r["dataset"], r["arm"], r["seed"]): r for p in parts for r in p["rows"]}.values())
     lines = ["# Choosing the mask options on validation Dice", "",
              "Validation Dice of the final weights (clean validation labels; the test set is not used), quick "
              "profile. Commands: " + "; ".join(f"`{p['command']}`" for p in parts) + ". Code version(s): "

@@ -150,7 +150,8 @@ def _git(*args: str) -> str:
 
 def _commit() -> str:
     head = _git("rev-parse", "HEAD") or "unknown"
-    dirty = _git("status", "--porcelain", "--", "dale_monai", "data_prep", "benchmarks")
+    dirty = _git("status", "--porcelain", "--", "dale_monai", "data_prep", "benchmarks",
+                 ":(exclude)benchmarks/results")  # the results being written are not the code
     return head + (" (with uncommitted changes in dale_monai/, data_prep/ or benchmarks/)" if dirty else "")
 
 

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     outdir = Path(args.out) / f"selection_{profile.name}"
     outdir.mkdir(parents=True, exist_ok=True)
     part = outdir / f"runs_seeds{seeds.start}-{seeds.stop - 1}.json"
-    part.write_text(json.dumps({"command": "python benchmarks/select_variant.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+    part.write_text(json.dumps({"profile": profile.name, "command": "python benchmarks/select_variant.py " + shlex.join(sys.argv[1:] if argv is None else argv),
                                 "code_version": code_version(), "rows": rows}, indent=1))
     _write_report(outdir)
     return 0
@@ -89,8 +89,8 @@ def _write_report(outdir: Path) -> None:
     # a run shared by several parts (the same dataset, arm and seed) counts once
     rows = list({(r["dataset"], r["arm"], r["seed"]): r for p in parts for r in p["rows"]}.values())
     lines = ["# Choosing the mask options on validation Dice", "",
-             "Validation Dice of the final weights (clean validation labels; the test set is not used), quick "
-             "profile. Commands: " + "; ".join(f"`{p['command']}`" for p in parts) + ". Code version(s): "
+             "Validation Dice of the final weights (clean validation labels; the test set is not used), profile "
+             + ", ".join(sorted({p.get("profile", "quick") for p in parts})) + ". Commands: " + "; ".join(f"`{p['command']}`" for p in parts) + ". Code version(s): "
              + ", ".join(sorted({p["code_version"] for p in parts})) + " (`accuracy_core.code_version()`).", "",
              "| dataset | arm | seeds | final val Dice | mean of last 3 val points |", "|---|---|---|---|---|"]
     for ds in dict.fromkeys(r["dataset"] for r in rows):

@@ -89,6 +89,41 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     assert accuracy.main(argv) == 0
     assert (res / "runs.csv").read_text() == before
 
+    # the validation-only selection reuses the same cache and never reports test metrics
+    import select_variant
+
+    sel_argv = ["--profile", "toy", "--seeds", "2", "--arms", "standard,dale", "--work", str(work), "--out", str(out)]
+    assert select_variant.main(sel_argv) == 0
+    table = (out / "selection_toy" / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ph2")]
+    assert len(rows) == 4 and all("| 2 |" in r for r in rows), table
+    assert "the test set is not used" in table
+    again = ["--profile", "toy", "--seeds", "1", "--arms", "dale", "--work", str(work), "--out", str(out)]
+    assert select_variant.main(again) == 0  # seed 0 again: a shared run counts once
+    table2 = (out / "selection_toy" / "README.md").read_text()
+    assert sorted(line for line in table2.splitlines() if line.startswith("| ph2")) == sorted(rows), table2
+
+
+def test_partition_noise_stats_on_a_hand_made_case():
+    import partition_noise
+    import torch
+
+    from dale_monai.transforms import FuzzyPartition
+
+    image = np.zeros((1, 16, 16), np.float32)
+    clean = np.zeros((1, 16, 16), np.float32)
+    clean[:, :, 8:] = 1
+    noisy = clean.copy()
+    noisy[:, :, 6:8] = 1  # two wrong columns beside the true edge
+    part = FuzzyPartition(patch_size=4, tau=0.9, use_entropy=False)
+    st = partition_noise.partition_noise_stats([{"image": image, "label": noisy, "label_clean": clean}], part)
+    _, mask_f = part(torch.as_tensor(image), torch.as_tensor(noisy))
+    fuzzy = np.asarray(mask_f[0]) >= 0.9
+    wrong = noisy[0] != clean[0]
+    assert st["wrong_in_fuzzy"] == pytest.approx(fuzzy[wrong].mean())
+    assert st["right_in_fuzzy"] == pytest.approx(fuzzy[~wrong].mean())
+    assert st["wrong_in_fuzzy"] == 1.0 and 0 < st["right_in_fuzzy"] < 0.5  # the noisy edge's patches are fuzzy
+
 
 def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DALE_DATA_DIR", str(tmp_path / "nothing"))

@@ -29,3 +29,15 @@ def real_dataset(data_dir):
         return path
 
     return _get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a module: on a shared 2-core machine OpenMP's spinning threads slow tiny
+    networks down many times."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

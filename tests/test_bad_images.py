@@ -29,13 +29,7 @@ NARROW_PH2 = {"network_def#channels": [4, 8, 8, 16, 16]}
 H, W = 20, 30  # PNG size; MONAI loads PNGs transposed, as (W, H)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spinning threads slow tiny networks down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _save(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:

@@ -33,13 +33,7 @@ SPACING, STEP, ORIGIN = (0.8, 0.6), 2.5, (-10.0, 20.0, 30.0)
 AFFINE_3D = np.array([[1.5, 0, 0, -20.0], [0, 1.2, 0, 10.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _threshold_net(dims: int, classes: int = 1) -> tuple[dict, dict]:

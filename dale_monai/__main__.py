@@ -9,6 +9,7 @@ success), 1 when at least one case failed, 2 when nothing could run (bad argumen
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _predict(args: argparse.Namespace) -> int:
     from dale_monai.predict import CheckpointError, Predictor
+
+    # MONAI warns once per DICOM read that the optional GPU decoder is absent; on a CPU-only machine that is
+    # expected, and the repeated line would bury the per-case report a pipeline operator reads
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
     try:
         predictor = Predictor(args.bundle, device=args.device, checkpoint=args.checkpoint)

@@ -23,14 +23,7 @@ _ITEM = [{"image": "never-loaded.png", "label": "never-loaded.png"}]
 PLACEHOLDER_DATA = {"train#dataset#data": _ITEM, "validate#dataset#data": _ITEM, "train#dataset#cache_rate": 0.0,
                     "validate#dataset#cache_rate": 0.0}
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
-    100x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -25,14 +25,7 @@ N_TRAIN = 8  # two iterations of the global batch
 LR = 0.05
 VARIANTS = {"no_omega": {"train#trainer#omega_step": None}, "dale": {}}
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
-    100x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -26,14 +26,7 @@ NIFTI_AFFINE_3D = np.array([[1.5, 0, 0, -20.0], [0, 1.2, 0, 10.0], [0, 0, 2.0, 5
 # DICOM geometry of the series: rows x cols x slices, (row, col) spacing, slice step, first slice's position (LPS)
 DCM_SLICES, DCM_SPACING, DCM_STEP, DCM_ORIGIN = 3, (0.8, 0.6), 2.5, (-10.0, 20.0, 30.0)
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
-    100x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

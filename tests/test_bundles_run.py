@@ -18,14 +18,7 @@ BUNDLES = REPO / "bundles"
 MATRIX = yaml.safe_load((BUNDLES / "matrix.yaml").read_text())
 EXPORT = {f"{r['dataset']}_{r['backbone']}": MATRIX["backbones"][r["backbone"]]["export"] for r in MATRIX["bundles"]}
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP's spinning threads make these tiny networks up to
-    100x slower than one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

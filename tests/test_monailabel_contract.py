@@ -38,7 +38,9 @@ from monai.handlers import CheckpointLoader
 from monai.inferers import Inferer
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
-from tests.test_bundles_run import _one_thread, tiny2d, tiny3d, tiny_multiclass  # noqa: F401 - shared fixtures
+from tests.test_bundles_run import tiny2d, tiny3d, tiny_multiclass  # noqa: F401 - shared fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"

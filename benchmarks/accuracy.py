@@ -25,7 +25,10 @@ and targets, Eq. 7) with ``OmegaMetaStep`` reduction ``mean`` (the released beha
 ``mask_inputs=False``: what the bundles ship, chosen on validation Dice by ``select_variant.py``); ``dale_sum``,
 ``dale_weight``, ``dale_sum_unmasked`` further variants.
 All arms of a seed share network, loss (``DALELoss``), optimizer, epochs, batches, initialisation, data order
-and augmentations; the final weights are evaluated (no model selection on any set).
+and augmentations. Every run is scored twice: its final weights (arm ``X``) and its weights at the best
+validation Dice (arm ``X@best``; the validation section selects, never the test set). ``--test-datalist``
+re-scores the cached runs' weights on the test section of any other datalist (independent held-out data)
+without retraining; ``--set field=value`` changes a profile field (e.g. ``--set dice_batch=false``).
 
 Outputs in ``<out>/<protocol>_<profile>/``: ``runs.csv`` (one row per run), ``summary.csv`` (mean ± std over
 seeds), ``comparisons.csv`` (paired t-tests against ``standard``), ``curves.csv``, ``README.md`` (tables,
@@ -37,6 +40,7 @@ Usage::
     python benchmarks/accuracy.py noisy_covid --profile quick
     python benchmarks/accuracy.py 2 --profile full --seeds 5
     python benchmarks/accuracy.py ablation --profile gpu --out /tmp/acc
+    python benchmarks/accuracy.py 2 --profile long --test-datalist /data/other_site/datalist.json
 """
 
 from __future__ import annotations
@@ -62,11 +66,13 @@ from accuracy_core import (  # noqa: E402
     REPO,
     DataMissing,
     RunConfig,
+    Profile,
     data_dir,
     load_split,
     prepare_dataset,
     profile_fields,
     run_cached,
+    score_external,
 )
 from accuracy_report import (  # noqa: E402
     COMPARISON_COLUMNS,
@@ -138,6 +144,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "The paper claims DALE reaches a given accuracy in less total time."),
 )}
 
+#: suffix of the arm name under which a run's best-validation weights are reported
+BEST = "@best"
+
 _ALIASES = {**{str(p.number): n for n, p in PROTOCOLS.items()}, **{f"p{p.number}": n for n, p in PROTOCOLS.items()}}
 
 
@@ -163,15 +172,48 @@ def _noise_level(work: Path, dataset: str) -> float:
     return 1.0 - float(json.loads(report.read_text())["overall"]["dice_mean"])
 
 
-def _run_row(protocol: str, profile: str, dataset: str, arm: str, seed: int, rec: dict) -> dict:
-    row = {"protocol": protocol, "profile": profile, "dataset": dataset, "arm": arm, "seed": seed,
-           **rec["metrics"], "iterations": rec["iterations"], "train_wall_s": rec["train_wall_s"],
+def _run_row(protocol: str, profile: str, dataset: str, arm: str, seed: int, rec: dict,
+             weights: str = "final") -> dict:
+    """One row of ``runs.csv``: the metrics of the run's ``final`` weights (arm ``arm``) or of its ``best``
+    validation weights (arm ``arm@best``)."""
+    metrics = rec["metrics"] if weights == "final" else rec["metrics_best"]
+    row = {"protocol": protocol, "profile": profile, "dataset": dataset,
+           "arm": arm if weights == "final" else f"{arm}{BEST}", "seed": seed, "weights": weights,
+           **metrics, "iterations": rec["iterations"], "train_wall_s": rec["train_wall_s"],
            "train_cpu_s": rec["train_cpu_s"], "key": rec["key"], "code_version": rec.get("code_version", "unknown"),
-           "curve": rec["curve"]}
+           "curve": rec["curve"], "best_iteration": rec.get("best_iteration", math.nan),
+           "best_val_dice": rec.get("best_val_dice", math.nan)}
     row["final_val_dice"] = rec["curve"][-1]["val_dice"] if rec["curve"] else math.nan
     for k in DALE_STATS:
         row[k] = rec["dale_stats"].get(k, math.nan)
     return row
+
+
+def _base_arm(arm: str) -> str:
+    return arm[: -len(BEST)] if arm.endswith(BEST) else arm
+
+
+def _profile_with(profile: Profile, settings: list[str]) -> Profile:
+    """``profile`` with ``field=value`` settings applied (values parsed as JSON, else kept as strings)."""
+    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    changes = {}
+    for item in settings:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in fields or name in ("name", "epochs", "noise_levels"):
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(set(fields) - {'name', 'epochs', 'noise_levels'})}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if isinstance(value, list):
+            value = tuple(value)
+        current = getattr(profile, name)
+        if current is not None and not isinstance(value, type(current)) and not (
+                isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool)):
+            raise ValueError(f"--set {item!r}: {name} is a {type(current).__name__}, got {value!r}")
+        changes[name] = float(value) if isinstance(current, float) else value
+    return dataclasses.replace(profile, **changes)
 
 
 def _diagnostics_table(runs: list[dict], datasets, arms) -> str:
@@ -181,7 +223,7 @@ def _diagnostics_table(runs: list[dict], datasets, arms) -> str:
     for ds in datasets:
         for arm in arms:
             rs = [r for r in runs if r["dataset"] == ds and r["arm"] == arm]
-            if not rs or ARMS[arm]["paradigm"] != "dale":
+            if not rs or ARMS[_base_arm(arm)]["paradigm"] != "dale":
                 continue
             vals = []
             for k in keys:
@@ -226,7 +268,7 @@ def _example_figures(outdir: Path, splits_by_ds: dict, arrays: dict, datasets, a
     for ds in datasets:
         test = splits_by_ds[ds]["test"]
         preds = {a: arrays.get((ds, a, 0)) for a in arms}
-        preds = {a: v["pred"] for a, v in preds.items() if v is not None}
+        preds = {a: v["pred"] for a, v in preds.items() if v is not None and "pred" in v}
         if "standard" not in preds or not test:
             continue
         # cases at evenly spaced ranks of the standard arm's Dice (worst to best): a fixed rule, not a choice
@@ -253,17 +295,20 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
                  finished: bool) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     write_csv(outdir / "runs.csv", runs, RUN_COLUMNS)
-    summary = summary_rows(runs, datasets, arms)
+    best_arms = [a + BEST for a in arms]
+    summary = summary_rows(runs, datasets, [*arms, *best_arms])
     write_csv(outdir / "summary.csv", summary, SUMMARY_COLUMNS)
-    comps = comparison_rows(runs, datasets, arms, "standard")
+    comps = comparison_rows(runs, datasets, arms, "standard") + comparison_rows(runs, datasets, best_arms,
+                                                                                 "standard" + BEST)
     write_csv(outdir / "comparisons.csv", comps, COMPARISON_COLUMNS)
-    curve_rows = [{"dataset": r["dataset"], "arm": r["arm"], "seed": r["seed"], **p} for r in runs for p in r["curve"]]
+    curve_rows = [{"dataset": r["dataset"], "arm": r["arm"], "seed": r["seed"], **p} for r in runs
+                  if r["weights"] == "final" for p in r["curve"]]
     write_csv(outdir / "curves.csv", curve_rows, ("dataset", "arm", "seed", "iteration", "wall_s", "cpu_s",
                                                   "val_dice"))
     levels = {ds: _noise_level(work, ds) for ds in datasets}
     notes = {ds: f"label noise {lv:.3f}" for ds, lv in levels.items() if lv > 0}
     figs = []
-    if plot_metric_by_arm(outdir / "dice.png", runs, datasets, arms, "dice", protocol.title):
+    if plot_metric_by_arm(outdir / "dice.png", runs, datasets, [*arms, *best_arms], "dice", protocol.title):
         figs.append("dice.png")
     if protocol.name == "injected_noise" and plot_noise(outdir / "dice_vs_noise.png", summary, levels, arms,
                                                         "standard"):
@@ -275,6 +320,10 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
                                                              "wall_s_to_target", "cpu_s_to_target"))
         if plot_curves(outdir / "convergence.png", runs, datasets[0], arms):
             figs.append("convergence.png")
+    elif profile.val_points >= 20:  # a profile long enough for the curves to show memorisation
+        for ds in datasets:
+            if plot_curves(outdir / f"curves_{ds}.png", runs, ds, arms):
+                figs.append(f"curves_{ds}.png")
     figs += _example_figures(outdir, splits_by_ds, arrays, datasets, arms)
     seeds_done = sorted({r["seed"] for r in runs})
     md = [f"# Protocol {protocol.number}: {protocol.title}", "",
@@ -283,7 +332,9 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
           f"`accuracy_core.CODE_FILES`): {', '.join(sorted({r['code_version'] for r in runs}))}",
           f"- Profile: {profile.describe()}",
           f"- Question: {protocol.question}",
-          "- Metrics on the test section at the profile's resolution (labels resized nearest), final weights; "
+          f"- Test set: {'`' + args.test_datalist + '` (test section; the runs trained on the datasets below)' if args.test_datalist else 'the datasets test sections'}.",
+          "- Metrics on the test section at the profile's resolution (labels resized nearest): arm `X` = the final "
+          "weights, `X@best` = the weights at the best validation Dice (the validation section selects); "
           "HD95/ASD in pixels of that resolution; fuzzy-region Dice inside M^f > 0.9 of the test image and its "
           "true label. Mean ± std over seeds of the per-run means over test cases.", ""]
     for ds in datasets:
@@ -321,12 +372,24 @@ def main(argv: list[str] | None = None) -> int:
                              "covid_doctor, ph2, ph2_<protocol>_k<k> of the profile's noise levels); the results "
                              "folder then gets their names as a suffix")
     parser.add_argument("--no-cache", action="store_true", help="retrain runs found in the cache")
+    parser.add_argument("--test-datalist", default=None,
+                        help="score every run's final and best-validation weights on the 'test' section of this "
+                             "MONAI datalist (e.g. independent held-out data) instead of the dataset's own; runs "
+                             "are trained (or taken from the cache) as usual; the results folder gets the suffix "
+                             "_ext-<datalist folder name>")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="change a profile field for this command (repeatable; e.g. dice_batch=false, lr=3e-4); "
+                             "runs are cached under the changed configuration; the results folder gets the suffix")
     args = parser.parse_args(argv)
 
     name = _ALIASES.get(args.protocol, args.protocol)
     if name not in PROTOCOLS:
         parser.error(f"unknown protocol {args.protocol!r}; choose one of {list(PROTOCOLS)} or 1-5")
     protocol, profile = PROTOCOLS[name], PROFILES[args.profile]
+    try:
+        profile = _profile_with(profile, args.set)
+    except ValueError as e:
+        parser.error(str(e))
     seeds = list(range(args.seeds if args.seeds is not None else profile.seeds))
     if not seeds:
         parser.error("--seeds must be at least 1")
@@ -341,6 +404,19 @@ def main(argv: list[str] | None = None) -> int:
         [f"ph2_{n}" for n in levels] if "noise" in protocol.datasets else [])
     work, src = Path(args.work), data_dir(args.data_dir)
     suffix = ("_" + "+".join(ds_names)) if args.datasets else ""
+    suffix += "".join("_" + item.replace("=", "-") for item in args.set)
+    ext_test = None
+    if args.test_datalist:
+        ext = Path(args.test_datalist)
+        if not ext.is_file():
+            parser.error(f"--test-datalist {ext}: no such file")
+        suffix += f"_ext-{ext.resolve().parent.name}"
+        try:
+            ext_test = load_split(ext, "test", profile.size)
+        except (KeyError, ValueError, OSError) as e:
+            parser.error(f"--test-datalist {ext}: cannot read its 'test' section ({e})")
+        if not ext_test:
+            parser.error(f"--test-datalist {ext}: its 'test' section is empty")
     outdir = Path(args.out) / f"{protocol.name}_{profile.name}{suffix}"
     command = "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
                                                                                     else sys.argv[1:]))
@@ -369,10 +445,15 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = RunConfig(dataset=ds, seed=seed, profile=profile.name,
                                 profile_fields=profile_fields(profile, ds), **ARMS[arm])
                 t0 = time.perf_counter()
-                rec, arr = run_cached(cfg, profile, splits_by_ds[ds], cache, use_cache=not args.no_cache)
-                runs.append(_run_row(protocol.name, profile.name, ds, arm, seed, rec))
+                rec, arr, weights = run_cached(cfg, profile, splits_by_ds[ds], cache, use_cache=not args.no_cache)
+                if ext_test is not None:
+                    rec = score_external(rec, weights, profile, ext_test)
+                    arr = {k: v for k, v in arr.items() if k != "pred"}  # predictions of the datasets' own test
+                for weights_kind in ("final", "best"):
+                    runs.append(_run_row(protocol.name, profile.name, ds, arm, seed, rec, weights_kind))
                 arrays[(ds, arm, seed)] = arr
-                print(f"seed {seed} {ds:>22} {arm:>10}: dice {rec['metrics']['dice']:.4f} hd95 "
+                print(f"seed {seed} {ds:>22} {arm:>10}: dice {rec['metrics']['dice']:.4f} (best-val weights "
+                      f"{rec['metrics_best']['dice']:.4f} @ it {rec['best_iteration']}) hd95 "
                       f"{rec['metrics']['hd95']:.2f} ({rec['iterations']} it, cpu {rec['train_cpu_s']:.0f} s, "
                       f"{time.perf_counter() - t0:.0f} s now)", flush=True)
         write_report(protocol, profile, args, runs, arrays, splits_by_ds, ds_names, arms, work, outdir, command,

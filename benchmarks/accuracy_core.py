@@ -1,8 +1,9 @@
 """Data, training and evaluation of one accuracy-benchmark run (used by ``benchmarks/accuracy.py``).
 
 A *run* is one (dataset, paradigm, variant, seed) training of the profile's network for the profile's
-epochs, followed by an evaluation of the **final** weights on the dataset's test section (no model
-selection, so the test set tunes nothing). Standard and DALE runs of the same seed share the network
+epochs, followed by an evaluation on the dataset's test section of the **final** weights and of the weights at
+the **best validation Dice** (the validation section selects; the test set tunes nothing). Both sets of
+weights are kept, so any other test datalist can score the same runs later without retraining. Standard and DALE runs of the same seed share the network
 initialisation, the data order and the augmentations (the partition transform consumes no random
 numbers), which makes them pairs for the paired t-test.
 
@@ -61,6 +62,8 @@ __all__ = [
     "prepare_dataset",
     "load_split",
     "run_cached",
+    "evaluate",
+    "score_external",
     "METRICS",
     "DALE_STATS",
 ]
@@ -122,6 +125,11 @@ class Profile:
         noise_levels: protocol-2 levels (radius in pixels of the 256×192 PH2 masks).
         val_points: validation evaluations per run (convergence curves).
         dice_weight: weight of the (per-pixel weighted) Dice term of ``DALELoss`` next to CE.
+        dice_batch: compute that Dice term over the whole batch (one value per class, nnU-Net's "batch Dice")
+            instead of per image. Per-image Dice with a smoothing of 1e-5 scores an image whose label is empty
+            by how close its prediction is to empty, so every lesion-free image pulls the network towards
+            all-background; on COVID pseudo-labels (3.5 % lesion pixels, many empty slices) that is the
+            all-background collapse (see BENCHMARKS.md, chosen on validation).
         threads: torch CPU threads (1 on a shared 2-core machine: more threads contend and run far slower).
         device: ``"cpu"`` or ``"cuda"``.
     """
@@ -140,6 +148,7 @@ class Profile:
     noise_levels: tuple[NoiseLevel, ...]
     val_points: int = 10
     dice_weight: float = 1.0
+    dice_batch: bool = False
     threads: int | None = 1
     device: str = "cpu"
 
@@ -149,8 +158,9 @@ class Profile:
         subset = "all 1,600" if self.covid_subset is None else f"{self.covid_subset} of 1,600 (seed 0)"
         return (
             f"`{self.name}`: {self.size}×{self.size} px, {net}; batch {self.batch}, Adam lr {self.lr:g}; "
-            f"loss DALELoss(CE + {self.dice_weight:g}·weighted Dice); partition patch {self.patch} px, τ 0.9; "
-            f"epochs: {ep}; COVID pseudo-labels: {subset}; {self.seeds} seeds; "
+            f"loss DALELoss(CE + {self.dice_weight:g}·weighted Dice{' over the batch' if self.dice_batch else ''}); "
+            f"partition patch {self.patch} px, τ 0.9; "
+            f"epochs: {ep}; COVID pseudo-labels: {subset}; {self.seeds} seeds; {self.val_points} validation points; "
             f"device {self.device}, {self.threads or 'default'} thread(s)"
         )
 
@@ -170,6 +180,12 @@ PROFILES: dict[str, Profile] = {
     "gpu": Profile("gpu", 224, (32, 64, 128, 256, 512), (2, 2, 2, 2), 2, 24, 3e-4, 16,
                    {"covid_pseudo": 50, "covid_both": 50, "covid_doctor": 300, "ph2": 200}, None, 5, _LEVELS_FULL,
                    threads=None, device="cuda"),
+    # long enough on 2 CPU cores for standard training to memorise noisy labels: on PH2 with 15 px noise its
+    # clean-validation Dice peaks after a few hundred iterations and then declines (issue 14); about 2,000
+    # iterations per run, validation every 80 (PH2), final and best-validation weights both scored
+    "long": Profile("long", 96, (8, 16, 32, 64), (2, 2, 2), 1, 8, 1e-3, 8,
+                    {"covid_pseudo": 50, "covid_both": 45, "covid_doctor": 400, "ph2": 200}, 320, 5,
+                    (NoiseLevel("dilate_erode", 15),), val_points=25, dice_batch=True),
     # seconds, for the smoke test only: numbers meaningless
     "toy": Profile("toy", 32, (4, 8), (2,), 0, 4, 1e-3, 8,
                    {"covid_pseudo": 1, "covid_both": 1, "covid_doctor": 1, "ph2": 1}, 8, 2, (NoiseLevel("dilate_erode", 3),),
@@ -383,13 +399,15 @@ def _predict(net: torch.nn.Module, items: list[dict], device: torch.device, chun
 
 class _Curve:
     """Validation Dice every ``every`` iterations, against iterations, training wall time and training CPU time
-    (validation time excluded from both clocks)."""
+    (validation time excluded from both clocks), and a copy of the weights at the best validation Dice
+    (the first point that reaches it; the validation set only ever selects, the test set never does)."""
 
     def __init__(self, net, val_items: list[dict], device, every: int) -> None:
         self.net, self.val, self.device, self.every = net, val_items, device, max(1, every)
         self.points: list[dict] = []
         self.wall = self.cpu = 0.0
         self._t0 = self._c0 = None
+        self.best_dice, self.best_iteration, self.best_state = -math.inf, 0, None
 
     def attach(self, engine) -> None:
         engine.add_event_handler(Events.ITERATION_STARTED, self._start)
@@ -406,6 +424,9 @@ class _Curve:
             pred = _predict(self.net, self.val, self.device)
             d = float(np.mean([dice(p, v["label"][0] > 0) for p, v in zip(pred, self.val)]))
             self.points.append({"iteration": it, "wall_s": self.wall, "cpu_s": self.cpu, "val_dice": d})
+            if d > self.best_dice:
+                self.best_dice, self.best_iteration = d, it
+                self.best_state = {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
 
 
 class _DALEStats:
@@ -472,13 +493,32 @@ class _DALEStats:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
 
-def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val: list[dict],
-                       test: list[dict]) -> tuple[dict, dict[str, np.ndarray]]:
-    """Train one run and score its final weights on ``test``.
+def evaluate(net: torch.nn.Module, test: list[dict], profile: Profile,
+             device: torch.device | str = "cpu") -> tuple[dict[str, float], list[dict], np.ndarray]:
+    """Score a network on test items (from :func:`load_split`) at the profile's resolution.
 
     Returns:
-        the run record (config, metrics, per-case rows, curve, DALE diagnostics, timings) and arrays
-        (test predictions, partition snapshot) for the figures.
+        the means over the cases of :data:`METRICS`, the per-case rows and the binary predictions (N, S, S).
+    """
+    pred = _predict(net, test, torch.device(device))
+    part = FuzzyPartition(patch_size=profile.patch, tau=0.9)
+    rows = []
+    for p, it in zip(pred, test):
+        mask_f = part(it["image"], it["label"])[1][0]
+        row = case_metrics(p, (it["label"][0] > 0).astype(np.uint8), fuzzy_mask=mask_f)
+        rows.append({"case": it["name"], **row})
+    metrics = {m: float(np.nanmean([r[m] for r in rows])) if rows else math.nan for m in METRICS}
+    return metrics, rows, pred
+
+
+def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val: list[dict],
+                       test: list[dict]) -> tuple[dict, dict[str, np.ndarray], dict[str, Any]]:
+    """Train one run and score its final and its best-validation weights on ``test``.
+
+    Returns:
+        the run record (config, metrics of the final weights, ``metrics_best`` of the weights at the best
+        validation Dice, per-case rows, curve, DALE diagnostics, timings), arrays (test predictions, partition
+        snapshot) for the figures, and the weights (``final``, ``best`` state dicts).
     """
     if profile.threads:
         torch.set_num_threads(profile.threads)
@@ -493,7 +533,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
                         shuffle=True, num_workers=0, drop_last=True)
     epochs = profile.epochs[dataset_kind(cfg.dataset)]
     opt = torch.optim.Adam(net.parameters(), lr=profile.lr)
-    loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight)
+    loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight, batch=profile.dice_batch)
     common = dict(device=device, max_epochs=epochs, train_data_loader=loader, network=net, optimizer=opt,
                   loss_function=loss, decollate=False)
     stats = None
@@ -513,20 +553,21 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     curve.attach(trainer)
     trainer.run()
 
-    pred = _predict(net, test, device)
-    part = FuzzyPartition(patch_size=profile.patch, tau=0.9)
-    rows = []
-    for p, it in zip(pred, test):
-        mask_f = part(it["image"], it["label"])[1][0]
-        row = case_metrics(p, (it["label"][0] > 0).astype(np.uint8), fuzzy_mask=mask_f)
-        rows.append({"case": it["name"], **row})
-    metrics = {m: float(np.nanmean([r[m] for r in rows])) if rows else math.nan for m in METRICS}
+    final_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    metrics, rows, pred = evaluate(net, test, profile, device)
+    best_state = curve.best_state if curve.best_state is not None else final_state
+    net.load_state_dict(best_state)
+    metrics_best, rows_best, _ = evaluate(net, test, profile, device)
     record = {
         "key": cfg.key(),
         "code_version": code_version(),
         "config": dataclasses.asdict(cfg),
         "metrics": metrics,
+        "metrics_best": metrics_best,
+        "best_iteration": curve.best_iteration,
+        "best_val_dice": curve.best_dice if curve.points else math.nan,
         "cases": rows,
+        "cases_best": rows_best,
         "curve": curve.points,
         "dale_stats": stats.means() if stats is not None else {},
         "iterations": iterations,
@@ -535,24 +576,52 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
         "train_cpu_s": curve.cpu,
         "n_train": len(train),
         "n_test": len(test),
+        "in_channels": in_channels,
     }
     arrays = {"pred": pred}
     if stats is not None:
         arrays.update({f"snap_{k}": v for k, v in stats.snapshot.items()})
-    return record, arrays
+    return record, arrays, {"final": final_state, "best": best_state}
+
+
+def score_external(record: dict, weights: dict[str, Any], profile: Profile, test: list[dict]) -> dict:
+    """A cached run's record re-scored on another test set (``accuracy.py --test-datalist``).
+
+    ``metrics``/``cases`` and ``metrics_best``/``cases_best`` are replaced by the scores of the final and the
+    best-validation weights on ``test``; everything else (curve, timings, diagnostics) is the run's own.
+    """
+    net = _network(profile, int(record.get("in_channels", test[0]["image"].shape[0])))
+    out = dict(record)
+    for which, mkey, ckey in (("final", "metrics", "cases"), ("best", "metrics_best", "cases_best")):
+        net.load_state_dict(weights[which])
+        out[mkey], out[ckey], _ = evaluate(net, test, profile, profile.device)
+    out["n_test"] = len(test)
+    return out
 
 
 def run_cached(cfg: RunConfig, profile: Profile, splits: dict[str, list[dict]], cache: Path,
-               use_cache: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
-    """:func:`train_and_evaluate`, or its stored result when this exact configuration ran before."""
+               use_cache: bool = True) -> tuple[dict, dict[str, np.ndarray], dict[str, Any]]:
+    """:func:`train_and_evaluate`, or its stored result when this exact configuration ran before.
+
+    A run is stored as ``<key>.json`` (record), ``<key>.npz`` (arrays) and ``<key>.pt`` (final and
+    best-validation weights), each written to a temporary name and renamed, the weights last, so a run killed
+    while being stored is trained again rather than read half-written.
+    """
     cache.mkdir(parents=True, exist_ok=True)
-    js, npz = cache / f"{cfg.key()}.json", cache / f"{cfg.key()}.npz"
-    if use_cache and js.is_file() and npz.is_file():
+    js, npz, pt = cache / f"{cfg.key()}.json", cache / f"{cfg.key()}.npz", cache / f"{cfg.key()}.pt"
+    if use_cache and js.is_file() and npz.is_file() and pt.is_file():
         with np.load(npz) as z:
-            return json.loads(js.read_text()), {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
+        return json.loads(js.read_text()), arrays, torch.load(pt, weights_only=True)
     t0 = time.perf_counter()
-    record, arrays = train_and_evaluate(cfg, profile, splits["training"], splits["validation"], splits["test"])
+    record, arrays, weights = train_and_evaluate(cfg, profile, splits["training"], splits["validation"],
+                                                 splits["test"])
     record["total_s"] = time.perf_counter() - t0
-    np.savez_compressed(npz, **arrays)
-    js.write_text(json.dumps(record, indent=1, default=float))
-    return record, arrays
+    for path, write in ((npz, lambda f: np.savez_compressed(f, **arrays)),
+                        (js, lambda f: f.write(json.dumps(record, indent=1, default=float).encode())),
+                        (pt, lambda f: torch.save(weights, f))):
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    return record, arrays, weights

@@ -31,8 +31,9 @@ __all__ = [
     "time_to_target",
 ]
 
-RUN_COLUMNS = ("protocol", "profile", "dataset", "arm", "seed", "dice", "miou", "hd95", "asd", "fuzzy_dice",
-               "iterations", "train_wall_s", "train_cpu_s", "final_val_dice", "fuzzy_fraction", "omega_mean",
+RUN_COLUMNS = ("protocol", "profile", "dataset", "arm", "seed", "weights", "dice", "miou", "hd95", "asd", "fuzzy_dice",
+               "iterations", "train_wall_s", "train_cpu_s", "final_val_dice", "best_val_dice", "best_iteration",
+               "fuzzy_fraction", "omega_mean",
                "omega_abs_dev", "omega_frac_below_1", "omega_frac_small_grad", "loss_w", "noisy_in_fuzzy",
                "mask_f_noisy", "mask_f_clean", "omega_below1_noisy", "omega_below1_clean", "omega_mean_noisy",
                "omega_mean_clean", "key", "code_version")

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             for arm in arms:
                 cfg = RunConfig(dataset=ds, seed=seed, profile=profile.name, profile_fields=profile_fields(profile, ds),
                                 **ARMS[arm])
-                rec, _ = run_cached(cfg, profile, splits, work / "runs")
+                rec, _, _ = run_cached(cfg, profile, splits, work / "runs")
                 curve = [p["val_dice"] for p in rec["curve"]]
                 rows.append({"dataset": ds, "arm": arm, "seed": seed, "final_val_dice": curve[-1],
                              "last3_val_dice": float(np.mean(curve[-3:])), "train_cpu_s": rec["train_cpu_s"]})

@@ -58,22 +58,35 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
 
     cols, runs = _read(res / "runs.csv")
     assert cols == list(RUN_COLUMNS)
-    assert len(runs) == 2 * 2 * 2  # (clean, one noise level) x (standard, dale) x 2 seeds
-    assert {r["arm"] for r in runs} == {"standard", "dale"}
+    # (clean, one noise level) x (standard, dale) x 2 seeds x (final, best-validation weights)
+    assert len(runs) == 2 * 2 * 2 * 2
+    assert {r["arm"] for r in runs} == {"standard", "dale", "standard@best", "dale@best"}
+    assert {(r["arm"].endswith("@best"), r["weights"]) for r in runs} == {(False, "final"), (True, "best")}
+    # the best-validation weights are those of the first curve point with the highest validation Dice
+    with open(res / "curves.csv", newline="") as f:
+        points = list(csv.DictReader(f))
+    for r in runs:
+        pts = [p for p in points if (p["dataset"], p["arm"], p["seed"]) == (r["dataset"], r["arm"].split("@")[0],
+                                                                          r["seed"])]
+        best = max(pts, key=lambda p: float(p["val_dice"]))
+        assert int(r["best_iteration"]) == int(best["iteration"])
+        assert float(r["best_val_dice"]) == pytest.approx(float(best["val_dice"]))
     assert {r["dataset"] for r in runs} == {"ph2", "ph2_dilate_erode_k3"}
     assert all(r["dice"] != "" and 0 <= float(r["dice"]) <= 1 for r in runs)
-    dale = [r for r in runs if r["arm"] == "dale"]
+    dale = [r for r in runs if r["arm"].startswith("dale")]
     assert all(r["omega_frac_small_grad"] != "" and r["fuzzy_fraction"] != "" for r in dale)
     # injected noise: the clean reference label is carried through, so the ω/noise diagnostics exist
     assert all(r["noisy_in_fuzzy"] != "" and r["omega_below1_noisy"] != "" for r in dale
                if r["dataset"] != "ph2")
 
     cols, summary = _read(res / "summary.csv")
-    assert cols == list(SUMMARY_COLUMNS) and len(summary) == 4
+    assert cols == list(SUMMARY_COLUMNS) and len(summary) == 8
     cols, comps = _read(res / "comparisons.csv")
     assert cols == list(COMPARISON_COLUMNS)
-    assert {(c["dataset"], c["metric"]) for c in comps} == {
-        (d, m) for d in ("ph2", "ph2_dilate_erode_k3") for m in ("dice", "miou", "hd95", "asd", "fuzzy_dice")}
+    assert {(c["dataset"], c["arm"], c["baseline"], c["metric"]) for c in comps} == {
+        (d, a, b, m) for d in ("ph2", "ph2_dilate_erode_k3") for a, b in (("dale", "standard"),
+                                                                          ("dale@best", "standard@best"))
+        for m in ("dice", "miou", "hd95", "asd", "fuzzy_dice")}
     cols, curves = _read(res / "curves.csv")
     assert cols == ["dataset", "arm", "seed", "iteration", "wall_s", "cpu_s", "val_dice"] and curves
 
@@ -88,6 +101,16 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     before = (res / "runs.csv").read_text()
     assert accuracy.main(argv) == 0
     assert (res / "runs.csv").read_text() == before
+
+    # an external test datalist re-scores the cached weights without training: given the clean dataset's own
+    # datalist, every metric equals the run's own test metrics
+    ext_argv = [*argv, "--test-datalist", str(work / "ph2" / "datalist.json")]
+    assert accuracy.main(ext_argv) == 0
+    _, ext_runs = _read(out / "injected_noise_toy_ext-ph2" / "runs.csv")
+    assert [(r["dataset"], r["arm"], r["seed"], r["dice"], r["hd95"]) for r in ext_runs] == [
+        (r["dataset"], r["arm"], r["seed"], r["dice"], r["hd95"]) for r in runs]
+    assert "ext-ph2" not in str(res) and "datalist.json` (test section" in (
+        out / "injected_noise_toy_ext-ph2" / "README.md").read_text()
 
     # the validation-only selection reuses the same cache and never reports test metrics
     import select_variant
@@ -131,6 +154,24 @@ def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
     assert accuracy.main(argv) == 0
     assert "SKIPPED" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_profile_settings_and_external_test_datalist_are_checked(tmp_path, capsys):
+    base = accuracy.PROFILES["toy"]
+    assert not base.dice_batch
+    changed = accuracy._profile_with(base, ["dice_batch=true", "lr=0.01", "channels=[2,4]"])
+    assert changed.dice_batch is True and changed.lr == 0.01 and changed.channels == (2, 4)
+    assert "over the batch" in changed.describe() and "over the batch" not in base.describe()
+    for bad in ("bogus=1", "lr", "dice_batch=3", "epochs=2"):
+        with pytest.raises(ValueError, match="--set"):
+            accuracy._profile_with(base, [bad])
+    with pytest.raises(SystemExit):
+        accuracy.main(["2", "--profile", "toy", "--set", "bogus=1", "--out", str(tmp_path)])
+    assert "FIELD=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        accuracy.main(["2", "--profile", "toy", "--test-datalist", str(tmp_path / "missing.json"),
+                       "--out", str(tmp_path)])
+    assert "missing.json: no such file" in capsys.readouterr().err
 
 
 def test_unknown_protocol_and_arm_are_refused(tmp_path):

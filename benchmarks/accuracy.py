@@ -263,6 +263,37 @@ def _convergence(runs: list[dict], dataset: str, arms) -> tuple[str, list[dict]]
     return "\n".join(lines) + "\n", rows
 
 
+def _time_to_standard_best(runs: list[dict], dataset: str, arms) -> tuple[str, list[dict]]:
+    """Training CPU seconds each arm needs to reach, on the validation set, the best validation Dice of standard
+    training of the same seed (paired by seed; the paper's time-to-accuracy, read on validation only)."""
+    std = {r["seed"]: r for r in runs if r["dataset"] == dataset and r["arm"] == "standard"}
+    if not std:
+        return "", []
+    rows, lines = [], ["Target, per seed: the best validation Dice of standard training with that seed. Time excludes "
+                       "validation. 'never' = not reached within the budget; the ratio is the arm's CPU time to the "
+                       "target over standard's CPU time to its own best.", "",
+                       "| arm | reached (seeds) | training CPU s to target | standard's CPU s to its best | ratio |",
+                       "|---|---|---|---|---|"]
+    for arm in arms:
+        rs = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm and r["seed"] in std]
+        if not rs:
+            continue
+        pairs = []
+        for r in rs:
+            target = max(p["val_dice"] for p in std[r["seed"]]["curve"])
+            c_arm = time_to_target(r["curve"], target, "cpu_s")
+            c_std = time_to_target(std[r["seed"]]["curve"], target, "cpu_s")
+            rows.append({"arm": arm, "seed": r["seed"], "target": target, "cpu_s_to_target": c_arm,
+                         "standard_cpu_s_to_target": c_std})
+            pairs.append((c_arm, c_std))
+        reached = [(a, b) for a, b in pairs if a == a]
+        cell = (f"{np.mean([a for a, _ in reached]):.0f}" if reached else "never")
+        ratio = f"{np.mean([a / b for a, b in reached]):.2f}" if reached else "–"
+        lines.append(f"| {arm} | {len(reached)}/{len(pairs)} | {cell} | "
+                     f"{np.mean([b for a, b in reached]) if reached else float('nan'):.0f} | {ratio} |")
+    return "\n".join(lines) + "\n", rows
+
+
 def _example_figures(outdir: Path, splits_by_ds: dict, arrays: dict, datasets, arms) -> list[str]:
     figs = []
     for ds in datasets:
@@ -321,9 +352,16 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
         if plot_curves(outdir / "convergence.png", runs, datasets[0], arms):
             figs.append("convergence.png")
     elif profile.val_points >= 20:  # a profile long enough for the curves to show memorisation
+        tta_rows = []
         for ds in datasets:
             if plot_curves(outdir / f"curves_{ds}.png", runs, ds, arms):
                 figs.append(f"curves_{ds}.png")
+            md_ds, rows_ds = _time_to_standard_best(runs, ds, arms)
+            if md_ds:
+                conv_md += f"### {ds}\n\n{md_ds}\n"
+                tta_rows += [{"dataset": ds, **r} for r in rows_ds]
+        write_csv(outdir / "time_to_standard_best.csv", tta_rows, ("dataset", "arm", "seed", "target",
+                                                                   "cpu_s_to_target", "standard_cpu_s_to_target"))
     figs += _example_figures(outdir, splits_by_ds, arrays, datasets, arms)
     seeds_done = sorted({r["seed"] for r in runs})
     md = [f"# Protocol {protocol.number}: {protocol.title}", "",
@@ -349,7 +387,8 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
            "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
            "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
     if conv_md:
-        md += ["## Convergence", "", conv_md]
+        md += ["## Convergence" if protocol.name == "convergence" else "## Time to standard training's best "
+               "validation Dice", "", conv_md]
     if figs:
         md += ["## Figures", ""] + [f"![{f}]({f})" for f in figs]
     (outdir / "README.md").write_text("\n".join(md) + "\n")

@@ -112,6 +112,15 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     assert "ext-ph2" not in str(res) and "datalist.json` (test section" in (
         out / "injected_noise_toy_ext-ph2" / "README.md").read_text()
 
+    # a profile with many validation points reports the paired time to standard training's best validation
+    # Dice; standard reaches its own best exactly at its own time
+    assert accuracy.main([*argv, "--set", "val_points=20"]) == 0
+    _, tta = _read(out / "injected_noise_toy_val_points-20" / "time_to_standard_best.csv")
+    std_rows = [r for r in tta if r["arm"] == "standard"]
+    assert len(std_rows) == 4 and all(r["cpu_s_to_target"] == r["standard_cpu_s_to_target"] != "" for r in std_rows)
+    assert "Time to standard training's best validation Dice" in (
+        out / "injected_noise_toy_val_points-20" / "README.md").read_text()
+
     # the validation-only selection reuses the same cache and never reports test metrics
     import select_variant
 

@@ -66,6 +66,40 @@ def _indices(target: torch.Tensor, num_classes: int, owner: str) -> torch.Tensor
     return idx
 
 
+def _weighted_map(
+    loss_map: torch.Tensor, weight: torch.Tensor | None, extra: torch.Tensor | float | None, owner: str
+) -> torch.Tensor:
+    """``weight ⊙ (loss_map + extra)``, the per-pixel convention every loss here shares with the DALE trainer.
+
+    Args:
+        loss_map: ``(B, 1, *spatial)``.
+        weight: ``(B, 1, *spatial)`` or ``None`` (all ones).
+        extra: a scalar or a map that broadcasts to ``loss_map`` without enlarging it, or ``None``.
+        owner: the loss named in error messages.
+
+    Raises:
+        ValueError: when ``weight`` or ``extra`` has a shape that does not fit ``loss_map``.
+    """
+    if weight is not None:
+        _check_weight_shape(weight, loss_map, owner)
+    if extra is not None:
+        if isinstance(extra, torch.Tensor) and extra.ndim > 0:
+            try:
+                shape = torch.broadcast_shapes(extra.shape, loss_map.shape)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"{owner}: extra must be a scalar or broadcast to the loss map {tuple(loss_map.shape)},"
+                    f" got {tuple(extra.shape)}."
+                ) from e
+            if shape != loss_map.shape:
+                raise ValueError(
+                    f"{owner}: extra of shape {tuple(extra.shape)} would enlarge the loss map"
+                    f" {tuple(loss_map.shape)}; pass a scalar or a (B, 1, *spatial) map."
+                )
+        loss_map = loss_map + extra
+    return loss_map if weight is None else weight * loss_map
+
+
 class PixelwiseCELoss(_Loss):
     """Unreduced cross-entropy as a per-pixel map ``(B, 1, *spatial)``.
 
@@ -375,26 +409,7 @@ class DALELoss(_Loss):
         Returns:
             the scalar loss.
         """
-        loss_map = self.pixel_map(input, target)
-        if weight is not None:
-            _check_weight_shape(weight, loss_map, "DALELoss")
-        if extra is not None:
-            if isinstance(extra, torch.Tensor) and extra.ndim > 0:
-                try:
-                    torch.broadcast_shapes(extra.shape, loss_map.shape)
-                except RuntimeError as e:
-                    raise ValueError(
-                        f"DALELoss: extra must be a scalar or broadcast to the loss map {tuple(loss_map.shape)},"
-                        f" got {tuple(extra.shape)}."
-                    ) from e
-                if torch.broadcast_shapes(extra.shape, loss_map.shape) != loss_map.shape:
-                    raise ValueError(
-                        f"DALELoss: extra of shape {tuple(extra.shape)} would enlarge the loss map"
-                        f" {tuple(loss_map.shape)}; pass a scalar or a (B, 1, *spatial) map."
-                    )
-            loss_map = loss_map + extra
-        if weight is not None:
-            loss_map = weight * loss_map
+        loss_map = _weighted_map(self.pixel_map(input, target), weight, extra, "DALELoss")
         loss = loss_map.mean()
         if self.dice_weight > 0:
             loss = loss + self.dice_weight * self._dice(input, target, weight)

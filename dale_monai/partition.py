@@ -6,6 +6,18 @@ label); both are min-max normalised over the patches of the image (Eq. 5), combi
 ``m = max(r_std, e_std)`` and turned into a soft fuzzy mask ``M^f`` and a soft non-fuzzy mask
 ``M^n`` (Eq. 6), which are expanded back to pixels.
 
+Three partition modes (``mode``), each a named, fixed recipe:
+
+- ``"paper"``: Eqs. 3–6 as the paper prints them (Eq. 3's average entropy, ``m = max``); it rejects
+  any other entropy form or combination, so a configuration naming it keeps the paper's form whatever
+  the defaults become.
+- ``"patch"`` (default; with the default options the same masks as ``"paper"``): the same patch
+  scores with the variants measured in ``benchmarks/partition_noise.py``: the Shannon entropy
+  (``entropy``) and other combinations of the normalised scores (``combine``: ``"max"``, a
+  ``"weighted"`` mean, or one score alone, ``"ae"`` / ``"er"``).
+- ``"band"``: no patches; a pixel-level band around the label's class boundaries
+  (:func:`boundary_distance`, :func:`band_score`). It reads the label only.
+
 Conventions shared by every function here:
 
 - Inputs are channel-first: an image ``(C, *spatial)`` and a label ``(1, *spatial)`` of class
@@ -27,15 +39,20 @@ after the random augmentations (see :class:`dale_monai.transforms.FuzzyPartition
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.transforms.utils import distance_transform_edt
 
 __all__ = [
+    "PARTITION_MODES",
     "ENTROPY_FORMS",
     "EDGE_OPERATORS",
+    "COMBINE_FORMS",
+    "BAND_PROFILES",
     "check_options",
     "check_patch_size",
     "to_grayscale",
@@ -43,13 +60,19 @@ __all__ = [
     "label_edges",
     "patch_average_entropy",
     "patch_edge_ratio",
+    "combine_scores",
     "soft_threshold",
+    "boundary_distance",
+    "band_score",
     "fuzzy_masks",
     "fuzzy_masks_batch",
 ]
 
+PARTITION_MODES = ("patch", "paper", "band")
 ENTROPY_FORMS = ("paper", "shannon")
 EDGE_OPERATORS = ("morph", "sobel")
+COMBINE_FORMS = ("max", "weighted", "ae", "er")
+BAND_PROFILES = ("hard", "linear")
 
 _LUMA_BT601 = (0.299, 0.587, 0.114)
 
@@ -87,6 +110,10 @@ def check_patch_size(patch_size: int | Sequence[int], spatial_dims: int | None =
     return tuple(int(s) for s in sizes)
 
 
+def _is_number(x: object) -> bool:
+    return not isinstance(x, bool) and isinstance(x, (int, float, np.floating, np.integer))
+
+
 def check_options(
     tau: float = 0.9,
     bins: int = 256,
@@ -94,9 +121,17 @@ def check_options(
     entropy: str = "paper",
     use_entropy: bool = True,
     use_edges: bool = True,
+    mode: str = "patch",
+    combine: str = "max",
+    ae_weight: float = 0.5,
+    band_width: float | None = None,
+    band_profile: str = "hard",
 ) -> None:
-    """Raise ``ValueError`` naming the setting when a partition option is out of range or unknown."""
-    if isinstance(tau, bool) or not isinstance(tau, (int, float, np.floating, np.integer)) or not 0.0 <= tau <= 1.0:
+    """Raise ``ValueError`` naming the setting when a partition option is out of range, unknown or conflicting.
+
+    See :func:`fuzzy_masks` for the options.
+    """
+    if not _is_number(tau) or not 0.0 <= tau <= 1.0:
         raise ValueError(f"tau must be a number in [0, 1], got {tau!r}.")
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive int, got {bins!r}.")
@@ -104,8 +139,48 @@ def check_options(
         raise ValueError(f"edge must be one of {EDGE_OPERATORS}, got {edge!r}.")
     if entropy not in ENTROPY_FORMS:
         raise ValueError(f"entropy must be one of {ENTROPY_FORMS}, got {entropy!r}.")
+    if mode not in PARTITION_MODES:
+        raise ValueError(f"mode must be one of {PARTITION_MODES}, got {mode!r}.")
+    if combine not in COMBINE_FORMS:
+        raise ValueError(f"combine must be one of {COMBINE_FORMS}, got {combine!r}.")
+    if not _is_number(ae_weight) or not 0.0 <= ae_weight <= 1.0:
+        raise ValueError(f"ae_weight must be a number in [0, 1], got {ae_weight!r}.")
+    if band_profile not in BAND_PROFILES:
+        raise ValueError(f"band_profile must be one of {BAND_PROFILES}, got {band_profile!r}.")
+    if mode == "band":
+        if band_width is None:
+            raise ValueError("band_width is required with mode='band' (band half-width in pixels, >= 1).")
+        if not _is_number(band_width) or not math.isfinite(band_width) or band_width < 1:
+            # below 1 pixel the band would hold no pixel: every distance to another class is >= 1
+            raise ValueError(f"band_width must be a finite number >= 1 (pixels), got {band_width!r}.")
+        return
+    if band_width is not None:
+        raise ValueError(f"band_width is only used with mode='band', got band_width={band_width!r} with mode={mode!r}.")
     if not (use_entropy or use_edges):
         raise ValueError("use_entropy and use_edges are both False: at least one score is needed for the partition.")
+    if mode == "paper":
+        for name, value, paper in (("entropy", entropy, "paper"), ("combine", combine, "max"),
+                                   ("use_entropy", use_entropy, True), ("use_edges", use_edges, True)):
+            if value != paper:
+                raise ValueError(
+                    f"mode='paper' fixes {name}={paper!r} (paper Eqs. 3-6), got {name}={value!r}; "
+                    "use mode='patch' for the variants."
+                )
+    for name, used, alone in (("use_entropy", use_entropy, "er"), ("use_edges", use_edges, "ae")):
+        if not used and combine not in ("max", alone):
+            raise ValueError(
+                f"{name}=False leaves one score, which conflicts with combine={combine!r}; "
+                f"use combine={alone!r} (the same as {name}=False) instead."
+            )
+
+
+def _combination(combine: str, use_entropy: bool, use_edges: bool) -> str:
+    """The combination of Eq. 5's scores that ``check_options``-valid settings ask for."""
+    if not use_entropy:
+        return "er"
+    if not use_edges:
+        return "ae"
+    return combine
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
@@ -428,6 +503,41 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
 
 
+def combine_scores(
+    r_std: torch.Tensor, e_std: torch.Tensor, combine: str = "max", ae_weight: float = 0.5
+) -> torch.Tensor:
+    """Combine the normalised patch scores of Eq. 5 into ``m`` in [0, 1].
+
+    - ``"max"``: ``m = max(r_std, e_std)``, paper Eqs. 5–6: a patch is fuzzy when its image is
+      textured *or* its label has many edge pixels.
+    - ``"weighted"``: ``m = ae_weight · r_std + (1 − ae_weight) · e_std``. Under ``max`` a textured
+      patch is fuzzy whatever its label, and on dermoscopy images texture is almost everywhere
+      (``benchmarks/results/partition_noise_quick.md``); a weighted mean needs both scores high for
+      ``m`` to reach τ. ``ae_weight`` 1 and 0 give ``r_std`` and ``e_std`` exactly.
+    - ``"ae"``: ``m = r_std`` (AE only, the paper's ablation of ER).
+    - ``"er"``: ``m = e_std`` (ER only, the paper's ablation of AE).
+
+    Args:
+        r_std, e_std: normalised average entropy and edge ratio, same shape, in [0, 1].
+        combine: one of :data:`COMBINE_FORMS`.
+        ae_weight: weight of ``r_std`` in ``"weighted"``, in [0, 1].
+
+    Returns:
+        ``m``, same shape and dtype as the inputs.
+
+    Raises:
+        ValueError: unknown ``combine`` or ``ae_weight`` outside [0, 1].
+    """
+    check_options(combine=combine, ae_weight=ae_weight)
+    if combine == "max":
+        return torch.maximum(r_std, e_std)
+    if combine == "ae":
+        return r_std
+    if combine == "er":
+        return e_std
+    return ae_weight * r_std + (1.0 - ae_weight) * e_std
+
+
 def soft_threshold(m: torch.Tensor, tau: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft masks from the combined score ``m`` in [0, 1] (paper Eq. 6, with one deviation).
 
@@ -444,6 +554,83 @@ def soft_threshold(m: torch.Tensor, tau: float = 0.9) -> tuple[torch.Tensor, tor
     mask_f = torch.where(m > tau, one, m)
     mask_n = torch.where(m < tau, one, 1.0 - m)
     return mask_n, mask_f
+
+
+# ---------------------------------------------------------------------------------------------
+# label-boundary band (mode="band")
+
+
+def _boundary_distance_batch(label: torch.Tensor) -> torch.Tensor:
+    """Distance to another class, ``(B, *spatial)``, of a batched label ``(B, K, *spatial)``; inf without one."""
+    batch, spatial = label.shape[0], label.shape[2:]
+    dtype = _stat_dtype(label.device)
+    view = (1, -1) + (1,) * len(spatial)
+    if label.shape[1] == 1:
+        # class indices: the class maps partition the image, and the distance transform of a pixel's own
+        # class map is its distance to the nearest pixel outside that class
+        one_sided = True
+        maps = label[:, 0, None] == torch.unique(label).view(view)
+    else:
+        # one map per class, which may overlap (nested regions): a pixel's distance to a boundary of map c
+        # is its distance to the nearest pixel on the other side of c, inside or out
+        one_sided = False
+        maps = label != 0
+    flat = maps.reshape(batch, maps.shape[1], -1)
+    crossed = flat.any(dim=-1) & ~flat.all(dim=-1)  # maps holding a boundary: both sides present
+    if not bool(crossed.any()):
+        return torch.full((batch, *spatial), math.inf, dtype=dtype, device=label.device)
+    sel = maps[crossed]  # (N, *spatial)
+    # MONAI's helper: scipy on CPU, cuCIM for CUDA tensors when installed; float64 as scipy computes
+    chans = sel if one_sided else torch.cat([sel, ~sel])
+    dist = torch.as_tensor(distance_transform_edt(chans, float64_distances=True), device=label.device).to(dtype)
+    every = torch.zeros(maps.shape, dtype=dtype, device=label.device) if one_sided else torch.full(
+        maps.shape, math.inf, dtype=dtype, device=label.device
+    )
+    if one_sided:  # each pixel lies in exactly one map, and the transform is 0 outside it
+        every[crossed] = dist
+        no_boundary = ~crossed.any(dim=1).view(-1, *([1] * len(spatial)))
+        return every.sum(dim=1).masked_fill_(no_boundary, math.inf)
+    n = sel.shape[0]
+    every[crossed] = dist[:n] + dist[n:]
+    return every.amin(dim=1)
+
+
+def boundary_distance(label: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Euclidean distance in pixels from each pixel to the nearest pixel of another class.
+
+    For class indices ``(1, *spatial)``: the distance from a pixel to the nearest pixel with another
+    value (pixel centres, unit spacing; 1 for a pixel with a face neighbour of another class, √2 for
+    a diagonal one). For ``(K, *spatial)`` maps (one-hot, or overlapping regions, non-zero = inside):
+    the smallest over the maps of the distance to the nearest pixel on the other side of that map.
+    The image border is no boundary. Computed with MONAI's ``distance_transform_edt`` (scipy on CPU).
+
+    Returns:
+        ``(*spatial)`` float64 (float32 on MPS) on the label's device, ``inf`` everywhere when the
+        label has no boundary (a single class).
+    """
+    return _boundary_distance_batch(_unbatched(label, "label"))[0]
+
+
+def band_score(distance: torch.Tensor, band_width: float, profile: str = "hard") -> torch.Tensor:
+    """Fuzzy score of a label-boundary band from :func:`boundary_distance` ``d`` (pixels).
+
+    - ``"hard"``: 1 where ``d ≤ band_width``, else 0: the pixels within ``band_width`` of a pixel of
+      another class, on both sides of the boundary. ``band_width`` 1 gives the pixels with a face
+      neighbour of another class; 1.5 the 8-neighbourhood edges of :func:`label_edges` (``"morph"``).
+    - ``"linear"``: 1 where ``d ≤ band_width``, then falling linearly to 0 at ``2 · band_width``
+      (``clip(2 − d / band_width, 0, 1)``): the hard band plus a fading margin of the same width.
+
+    Rationale: injected boundary noise (dilation/erosion by ``k`` pixels, annotators' disagreement)
+    lies within a few pixels of the observed boundary. The band reads the noisy label only, so it finds
+    such noise by construction and is blind to missed or spurious whole structures away from it.
+
+    Raises:
+        ValueError: ``band_width`` below 1 or not finite, or unknown ``profile``.
+    """
+    check_options(mode="band", band_width=band_width, band_profile=profile)
+    if profile == "hard":
+        return (distance <= band_width).to(distance.dtype)
+    return (2.0 - distance / band_width).clamp_(0.0, 1.0)
 
 
 def _to_pixels(values: torch.Tensor, grid: Sequence[int], patch: Sequence[int], spatial: Sequence[int]) -> torch.Tensor:
@@ -469,29 +656,40 @@ def fuzzy_masks_batch(
     entropy: str = "paper",
     use_entropy: bool = True,
     use_edges: bool = True,
+    mode: str = "patch",
+    combine: str = "max",
+    ae_weight: float = 0.5,
+    band_width: float | None = None,
+    band_profile: str = "hard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched :func:`fuzzy_masks`: image ``(B, C, *spatial)``, label ``(B, K, *spatial)``.
 
     Every image is scaled and normalised on its own, exactly as :func:`fuzzy_masks` does one at a
     time. Returns ``(M^n, M^f)``, each ``(B, 1, *spatial)`` float32.
     """
-    check_options(tau, bins, edge, entropy, use_entropy, use_edges)
+    check_options(tau, bins, edge, entropy, use_entropy, use_edges, mode, combine, ae_weight, band_width, band_profile)
     img, lab = _as_tensor(image, "image"), _as_tensor(label, "label")
     _check_batch(img, "image")
     _check_batch(lab, "label")
     _check_pair(img, lab)
     if img.device != lab.device:
         raise ValueError(f"image and label are on different devices: {img.device} vs {lab.device}.")
+    if mode == "band":
+        score = band_score(_boundary_distance_batch(lab), band_width, band_profile)[:, None]
+        # a pixel's weight is split between the two steps: no threshold, M^n = 1 − M^f
+        return (1.0 - score).to(torch.float32), score.to(torch.float32)
     spatial = tuple(img.shape[2:])
     patch = check_patch_size(patch_size, len(spatial))
     patches = _Patches(img.shape[0], spatial, patch, img.device)
     grid = patches.grid
-    scores = []
-    if use_entropy:
-        scores.append(_minmax(_entropy_batch(img, patches, bins, entropy)))
-    if use_edges:
-        scores.append(_minmax(_edge_ratio_batch(lab, patches, edge)))
-    m = scores[0] if len(scores) == 1 else torch.maximum(scores[0], scores[1])
+    how = _combination(combine, use_entropy, use_edges)
+    if how == "er":
+        m = _minmax(_edge_ratio_batch(lab, patches, edge))
+    elif how == "ae":
+        m = _minmax(_entropy_batch(img, patches, bins, entropy))
+    else:
+        r_std = _minmax(_entropy_batch(img, patches, bins, entropy))
+        m = combine_scores(r_std, _minmax(_edge_ratio_batch(lab, patches, edge)), how, ae_weight)
     mask_n, mask_f = soft_threshold(m, tau)
     return _to_pixels(mask_n, grid, patch, spatial), _to_pixels(mask_f, grid, patch, spatial)
 
@@ -506,31 +704,50 @@ def fuzzy_masks(
     entropy: str = "paper",
     use_entropy: bool = True,
     use_edges: bool = True,
+    mode: str = "patch",
+    combine: str = "max",
+    ae_weight: float = 0.5,
+    band_width: float | None = None,
+    band_profile: str = "hard",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft non-fuzzy and fuzzy masks ``(M^n, M^f)`` of one image and its label (paper Eqs. 3–6).
 
-    Per patch: ``r`` (Eq. 3, :func:`patch_average_entropy`) and ``e`` (Eq. 4,
-    :func:`patch_edge_ratio`), min-max normalised over the patches of the image (Eq. 5; 0 where all
-    patches are equal), ``m = max(r_std, e_std)``, masks by :func:`soft_threshold` (Eq. 6, with
-    ``1 − m`` in place of the paper's ``τ − m``), expanded to the patch's pixels.
+    Patch modes (``"paper"``, ``"patch"``), per patch: ``r`` (Eq. 3, :func:`patch_average_entropy`)
+    and ``e`` (Eq. 4, :func:`patch_edge_ratio`), min-max normalised over the patches of the image
+    (Eq. 5; 0 where all patches are equal), combined into ``m`` (:func:`combine_scores`; the paper:
+    ``max``), masks by :func:`soft_threshold` (Eq. 6, with ``1 − m`` in place of the paper's
+    ``τ − m``), expanded to the patch's pixels.
+
+    Band mode: ``M^f`` = :func:`band_score` of :func:`boundary_distance` per pixel, ``M^n = 1 − M^f``
+    (no τ); the image only has to match the label's shape.
 
     Args:
         image: ``(C, H, W)`` or ``(C, H, W, D)``, any real dtype; see the module doc for grayscale
             conversion and scaling.
         label: ``(1, *spatial)`` class indices or ``(K, *spatial)`` one-hot, same spatial shape.
-        patch_size: patch edge length ``h`` (one int for every axis) or ``(h, w[, d])``.
-        tau: soft threshold τ in [0, 1].
+        patch_size: patch edge length ``h`` (one int for every axis) or ``(h, w[, d])``; paper: 16.
+        tau: soft threshold τ in [0, 1]; paper: 0.9. Patch modes only.
         bins: quantisation levels ``Q`` of the entropy histogram.
         edge: label edge operator, ``"morph"`` (default) or ``"sobel"``, see :func:`label_edges`.
         entropy: ``"paper"`` (Eq. 3 as printed, default) or ``"shannon"``.
-        use_entropy: include AE; ``False`` gives the "ER only" ablation (``m = e_std``).
-        use_edges: include ER; ``False`` gives the "AE only" ablation (``m = r_std``).
+        use_entropy: include AE; ``False`` gives the "ER only" ablation (``m = e_std``, as
+            ``combine="er"``).
+        use_edges: include ER; ``False`` gives the "AE only" ablation (``m = r_std``, as
+            ``combine="ae"``).
+        mode: ``"patch"`` (default), ``"paper"`` (the paper's form; rejects other ``entropy`` /
+            ``combine`` / ``use_*`` values) or ``"band"``; see the module doc.
+        combine: ``"max"`` (paper, default), ``"weighted"``, ``"ae"`` or ``"er"``, see
+            :func:`combine_scores`. Patch modes only.
+        ae_weight: weight of the entropy score with ``combine="weighted"``, in [0, 1].
+        band_width: band half-width in pixels (>= 1), required with ``mode="band"`` and only there.
+        band_profile: ``"hard"`` (default) or ``"linear"``, see :func:`band_score`.
 
     Returns:
         ``(M^n, M^f)``, each ``(1, *spatial)`` float32 in [0, 1] on the input's device.
 
     Raises:
-        ValueError: bad option, bad shape, image/label spatial mismatch, or non-finite image.
+        ValueError: bad or conflicting option, bad shape, image/label spatial mismatch, or non-finite
+            image (patch modes).
     """
     img, lab = _unbatched(image, "image"), _unbatched(label, "label")
     if img.shape[2:] != lab.shape[2:]:
@@ -538,5 +755,8 @@ def fuzzy_masks(
             f"image and label must share the spatial shape: image {tuple(img.shape[1:])} "
             f"vs label {tuple(lab.shape[1:])} (channel-first)."
         )
-    mask_n, mask_f = fuzzy_masks_batch(img, lab, patch_size, tau, bins, edge, entropy, use_entropy, use_edges)
+    mask_n, mask_f = fuzzy_masks_batch(
+        img, lab, patch_size, tau, bins, edge, entropy, use_entropy, use_edges, mode, combine, ae_weight,
+        band_width, band_profile,
+    )
     return mask_n[0], mask_f[0]

@@ -34,17 +34,33 @@ class FuzzyPartition(Transform):
     prints ``τ − m``, which is ≤ 0 there; see :func:`dale_monai.partition.soft_threshold`). Partial
     patches at the image border are computed from their real pixels only.
 
+    ``mode`` picks the recipe (see :mod:`dale_monai.partition`): ``"patch"`` (default) the patch
+    scores with the options below, whose defaults are the paper's; ``"paper"`` the paper's form,
+    refusing non-paper ``entropy`` / ``combine`` / ``use_*`` values; ``"band"`` a pixel-level band of
+    ``band_width`` pixels around the label's class boundaries (``M^n = 1 − M^f``, no patches, no τ).
+    Partition noise statistics of each option on injected-noise PH2 training labels:
+    ``benchmarks/results/partition_noise_quick.md``.
+
     Args:
         patch_size: patch edge length (one int for every spatial axis) or ``(h, w[, d])``; paper: 16.
         tau: soft threshold τ in [0, 1]; paper: 0.9.
         bins: intensity quantisation levels of the entropy histogram.
         edge: label edge operator, ``"morph"`` (morphological gradient, default) or ``"sobel"``.
         entropy: ``"paper"`` (Eq. 3 as printed, default) or ``"shannon"`` (histogram entropy).
-        use_entropy: include the average entropy (``False``: the "ER only" ablation).
-        use_edges: include the edge ratio (``False``: the "AE only" ablation).
+        use_entropy: include the average entropy (``False``: the "ER only" ablation, as ``combine="er"``).
+        use_edges: include the edge ratio (``False``: the "AE only" ablation, as ``combine="ae"``).
+        mode: ``"patch"`` (default), ``"paper"`` or ``"band"``.
+        combine: how the normalised scores make ``m``: ``"max"`` (paper Eqs. 5–6, default),
+            ``"weighted"`` (``ae_weight · r_std + (1 − ae_weight) · e_std``), ``"ae"`` or ``"er"`` (one
+            score alone); see :func:`dale_monai.partition.combine_scores`.
+        ae_weight: weight of the entropy score with ``combine="weighted"``, in [0, 1].
+        band_width: with ``mode="band"`` (required there, refused elsewhere): pixels whose Euclidean
+            distance to the nearest pixel of another class is at most this (>= 1) are fuzzy.
+        band_profile: ``"hard"`` (M^f 1 inside the band, 0 outside) or ``"linear"`` (1 inside, then
+            falling to 0 at twice the width); see :func:`dale_monai.partition.band_score`.
 
     Raises:
-        ValueError: at construction, for an option out of range or unknown.
+        ValueError: at construction, for an option out of range, unknown or conflicting, naming it.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -58,8 +74,15 @@ class FuzzyPartition(Transform):
         entropy: str = "paper",
         use_entropy: bool = True,
         use_edges: bool = True,
+        mode: str = "patch",
+        combine: str = "max",
+        ae_weight: float = 0.5,
+        band_width: float | None = None,
+        band_profile: str = "hard",
     ) -> None:
-        check_options(tau, bins, edge, entropy, use_entropy, use_edges)
+        check_options(
+            tau, bins, edge, entropy, use_entropy, use_edges, mode, combine, ae_weight, band_width, band_profile
+        )
         self.patch_size = check_patch_size(patch_size)
         self.tau = float(tau)
         self.bins = int(bins)
@@ -67,6 +90,11 @@ class FuzzyPartition(Transform):
         self.entropy = entropy
         self.use_entropy = use_entropy
         self.use_edges = use_edges
+        self.mode = mode
+        self.combine = combine
+        self.ae_weight = float(ae_weight)
+        self.band_width = None if band_width is None else float(band_width)
+        self.band_profile = band_profile
 
     def __call__(self, img: NdarrayOrTensor, label: NdarrayOrTensor) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
         """Compute the masks.
@@ -89,6 +117,11 @@ class FuzzyPartition(Transform):
             entropy=self.entropy,
             use_entropy=self.use_entropy,
             use_edges=self.use_edges,
+            mode=self.mode,
+            combine=self.combine,
+            ae_weight=self.ae_weight,
+            band_width=self.band_width,
+            band_profile=self.band_profile,
         )
         dtype = np.float32 if isinstance(label, np.ndarray) else torch.float32
         out_n = convert_to_dst_type(mask_n, dst=label, dtype=dtype)[0]
@@ -105,7 +138,8 @@ class FuzzyPartitiond(MapTransform):
         label_key: key of the label; default ``keys[1]``. Must be one of ``keys``.
         nonfuzzy_key: key written with M^n (default ``"mask_n"``, as ``DALEKeys.MASK_N``).
         fuzzy_key: key written with M^f (default ``"mask_f"``, as ``DALEKeys.MASK_F``).
-        patch_size, tau, bins, edge, entropy, use_entropy, use_edges: see :class:`FuzzyPartition`.
+        patch_size, tau, bins, edge, entropy, use_entropy, use_edges, mode, combine, ae_weight, band_width,
+            band_profile: see :class:`FuzzyPartition`.
         allow_missing_keys: when the image or the label is missing, return the sample unchanged
             instead of raising ``KeyError``.
 
@@ -136,6 +170,11 @@ class FuzzyPartitiond(MapTransform):
         use_entropy: bool = True,
         use_edges: bool = True,
         allow_missing_keys: bool = False,
+        mode: str = "patch",
+        combine: str = "max",
+        ae_weight: float = 0.5,
+        band_width: float | None = None,
+        band_profile: str = "hard",
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         if (image_key is None or label_key is None) and len(self.keys) != 2:
@@ -156,7 +195,20 @@ class FuzzyPartitiond(MapTransform):
                 raise ValueError(f"{name} {key!r} would overwrite the image or the label.")
         self.nonfuzzy_key = nonfuzzy_key
         self.fuzzy_key = fuzzy_key
-        self.partition = FuzzyPartition(patch_size, tau, bins, edge, entropy, use_entropy, use_edges)
+        self.partition = FuzzyPartition(
+            patch_size=patch_size,
+            tau=tau,
+            bins=bins,
+            edge=edge,
+            entropy=entropy,
+            use_entropy=use_entropy,
+            use_edges=use_edges,
+            mode=mode,
+            combine=combine,
+            ae_weight=ae_weight,
+            band_width=band_width,
+            band_profile=band_profile,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)

@@ -136,27 +136,6 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     assert sorted(line for line in table2.splitlines() if line.startswith("| ph2")) == sorted(rows), table2
 
 
-def test_partition_noise_stats_on_a_hand_made_case():
-    import partition_noise
-    import torch
-
-    from dale_monai.transforms import FuzzyPartition
-
-    image = np.zeros((1, 16, 16), np.float32)
-    clean = np.zeros((1, 16, 16), np.float32)
-    clean[:, :, 8:] = 1
-    noisy = clean.copy()
-    noisy[:, :, 6:8] = 1  # two wrong columns beside the true edge
-    part = FuzzyPartition(patch_size=4, tau=0.9, use_entropy=False)
-    st = partition_noise.partition_noise_stats([{"image": image, "label": noisy, "label_clean": clean}], part)
-    _, mask_f = part(torch.as_tensor(image), torch.as_tensor(noisy))
-    fuzzy = np.asarray(mask_f[0]) >= 0.9
-    wrong = noisy[0] != clean[0]
-    assert st["wrong_in_fuzzy"] == pytest.approx(fuzzy[wrong].mean())
-    assert st["right_in_fuzzy"] == pytest.approx(fuzzy[~wrong].mean())
-    assert st["wrong_in_fuzzy"] == 1.0 and 0 < st["right_in_fuzzy"] < 0.5  # the noisy edge's patches are fuzzy
-
-
 def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DALE_DATA_DIR", str(tmp_path / "nothing"))
     argv = ["3", "--profile", "toy", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]

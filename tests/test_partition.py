@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from unittest import mock
 
 import numpy as np
@@ -13,6 +14,9 @@ from hypothesis import strategies as st
 
 from dale_monai import partition
 from dale_monai.partition import (
+    band_score,
+    boundary_distance,
+    combine_scores,
     fuzzy_masks,
     fuzzy_masks_batch,
     label_edges,
@@ -499,3 +503,340 @@ def test_edges_match_scipy_reference(shape):
         for axis in range(len(shape) - 1):
             sobel |= ndimage.sobel(one_hot, axis=axis, mode="nearest") != 0
     assert np.array_equal(label_edges(label, "sobel").numpy(), sobel)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper preset and the patch-score variants (combine, mode)
+
+# Golden masks of a fixed, random-free case, computed with the implementation before the partition
+# options existed (commit 8c9022c): the default and mode="paper" must keep giving them.
+_II, _JJ = torch.meshgrid(torch.arange(12), torch.arange(10), indexing="ij")
+GOLDEN_IMAGE = ((_II * 7 + _JJ * _JJ * 3) % 11).float()[None]
+GOLDEN_LABEL = (((_II - 5) ** 2 + (_JJ - 4) ** 2 < 14).long() + ((_II > 8) & (_JJ < 3)).long() * 2)[None]
+GOLDEN_F_P4 = [0.800000012, 0.800000012, 1.0, 0.699999988, 0.300000012, 1.0, 1.0, 0.600000024, 1.0]
+GOLDEN_N_P4 = [1.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+GOLDEN_F_P45_SHANNON_TAU05 = [1.0, 0.428571433, 1.0, 0.285714298, 1.0, 0.0]
+
+
+def test_paper_preset_keeps_the_masks_of_before_the_options():
+    default = fuzzy_masks(GOLDEN_IMAGE, GOLDEN_LABEL, patch_size=4)
+    paper = fuzzy_masks(GOLDEN_IMAGE, GOLDEN_LABEL, patch_size=4, mode="paper")
+    explicit = fuzzy_masks(GOLDEN_IMAGE, GOLDEN_LABEL, patch_size=4, mode="patch", combine="max", entropy="paper")
+    for a, b, c in zip(default, paper, explicit):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    mask_n, mask_f = paper
+    torch.testing.assert_close(mask_f[0, ::4, ::4].flatten(), torch.tensor(GOLDEN_F_P4), rtol=0, atol=1e-6)
+    torch.testing.assert_close(mask_n[0, ::4, ::4].flatten(), torch.tensor(GOLDEN_N_P4), rtol=0, atol=1e-6)
+    # constant on each patch, partial patches included (12×10 with 4×4 patches)
+    torch.testing.assert_close(mask_f, expand_grid(mask_f[0, ::4, ::4], (4, 4), (12, 10)))
+    _, mask_f = fuzzy_masks(GOLDEN_IMAGE, GOLDEN_LABEL, patch_size=(4, 5), entropy="shannon", tau=0.5)
+    torch.testing.assert_close(
+        mask_f[0, ::4, ::5].flatten(), torch.tensor(GOLDEN_F_P45_SHANNON_TAU05), rtol=0, atol=1e-6
+    )
+    # the hand-worked 4×4 example, through the preset
+    _, mask_f = fuzzy_masks(IMAGE_4x4, LABEL_4x4, patch_size=2, tau=0.9, bins=4, mode="paper")
+    torch.testing.assert_close(mask_f, expand2x2([0, 1, R_P10_STD, 1]).float())
+
+
+def expand_grid(values: torch.Tensor, patch, spatial) -> torch.Tensor:
+    """Patch-grid values → pixel map ``(1, *spatial)``, cropping partial patches."""
+    out = values
+    for axis, p in enumerate(patch):
+        out = out.repeat_interleave(p, axis)
+    return out[tuple(slice(0, s) for s in spatial)][None]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(entropy="shannon"), "mode='paper' fixes entropy='paper'"),
+        (dict(combine="er"), "mode='paper' fixes combine='max'"),
+        (dict(use_entropy=False), "mode='paper' fixes use_entropy=True"),
+        (dict(use_edges=False), "mode='paper' fixes use_edges=True"),
+        (dict(band_width=2), "band_width is only used with mode='band'"),
+    ],
+)
+def test_paper_preset_refuses_other_forms(kwargs, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        fuzzy_masks(IMAGE_4x4, LABEL_4x4, patch_size=2, mode="paper", **kwargs)
+
+
+def test_combine_by_hand():
+    # r_std = [0, 1, 0.716917, 0], e_std (morph) = [0, 1/3, 1/3, 1] on the 4×4 example, bins 4
+    r, e = torch.tensor([0.0, 1.0, R_P10_STD, 0.0]), torch.tensor([0.0, 1 / 3, 1 / 3, 1.0])
+    expected = {
+        ("max", 0.5): [0.0, 1.0, R_P10_STD, 1.0],
+        ("er", 0.5): [0.0, 1 / 3, 1 / 3, 1.0],
+        ("ae", 0.5): [0.0, 1.0, R_P10_STD, 0.0],
+        ("weighted", 0.5): [0.0, 2 / 3, (R_P10_STD + 1 / 3) / 2, 0.5],
+        ("weighted", 0.25): [0.0, 0.5, 0.25 * R_P10_STD + 0.25, 0.75],
+    }
+    for (how, w), m in expected.items():
+        torch.testing.assert_close(combine_scores(r.double(), e.double(), how, w), torch.tensor(m, dtype=torch.float64))
+        mask_n, mask_f = fuzzy_masks(IMAGE_4x4, LABEL_4x4, patch_size=2, tau=0.7, bins=4, combine=how, ae_weight=w)
+        exp_n, exp_f = soft_threshold(torch.tensor(m, dtype=torch.float64), 0.7)
+        torch.testing.assert_close(mask_f, expand2x2(exp_f).float())
+        torch.testing.assert_close(mask_n, expand2x2(exp_n).float())
+    # weighted at 0.25, τ 0.7: only P11 (0.75) passes τ
+    _, mask_f = fuzzy_masks(IMAGE_4x4, LABEL_4x4, patch_size=2, tau=0.7, bins=4, combine="weighted", ae_weight=0.25)
+    assert torch.all(mask_f[0, 2:, 2:] == 1) and float(mask_f[0, 0, 2]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "shape,labels,patch", [((3, 23, 17), 2, 4), ((1, 9, 10, 7), 4, (3, 4, 2)), ((2, 30, 30), 3, 8)]
+)
+def test_combine_pure_forms_and_weight_extremes(shape, labels, patch):
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=shape).astype(np.float32)
+    # blocks of 3 pixels: patches with and without edges, so that e_std is not constant
+    label = rng.integers(0, labels, (1, *[-(-s // 3) for s in shape[1:]]))
+    for axis in range(1, len(shape)):
+        label = label.repeat(3, axis=axis)
+    label = label[(slice(None), *[slice(0, s) for s in shape[1:]])]
+    for entropy in partition.ENTROPY_FORMS:
+        opts = dict(patch_size=patch, tau=0.6, entropy=entropy)
+        er = fuzzy_masks(image, label, combine="er", **opts)
+        ae = fuzzy_masks(image, label, combine="ae", **opts)
+        for a, b in zip(er, fuzzy_masks(image, label, use_entropy=False, **opts)):
+            assert torch.equal(a, b)
+        for a, b in zip(ae, fuzzy_masks(image, label, use_edges=False, **opts)):
+            assert torch.equal(a, b)
+        for a, b in zip(er, fuzzy_masks(image, label, combine="weighted", ae_weight=0.0, **opts)):
+            assert torch.equal(a, b)
+        for a, b in zip(ae, fuzzy_masks(image, label, combine="weighted", ae_weight=1.0, **opts)):
+            assert torch.equal(a, b)
+        # ER only is the soft threshold of the normalised edge-ratio map of Eq. 4
+        e = patch_edge_ratio(label, patch)
+        assert e.max() > e.min()
+        e_std = (e - e.min()) / (e.max() - e.min())
+        exp_n, exp_f = soft_threshold(e_std, 0.6)
+        patch_t = (patch,) * (len(shape) - 1) if isinstance(patch, int) else patch
+        torch.testing.assert_close(er[1], expand_grid(exp_f.float(), patch_t, shape[1:]))
+        torch.testing.assert_close(er[0], expand_grid(exp_n.float(), patch_t, shape[1:]))
+        # the weighted mean lies between the two pure forms' scores: M^f of a patch below τ is m itself
+        opts1 = dict(tau=1.0, patch_size=patch, entropy=entropy)
+        _, mid = fuzzy_masks(image, label, combine="weighted", ae_weight=0.5, **opts1)
+        _, lo = fuzzy_masks(image, label, combine="er", **opts1)
+        _, hi = fuzzy_masks(image, label, combine="ae", **opts1)
+        torch.testing.assert_close(mid, (lo + hi) / 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mode="pixels"), "mode must be one of"),
+        (dict(combine="min"), "combine must be one of"),
+        (dict(combine="weighted", ae_weight=1.5), "ae_weight"),
+        (dict(ae_weight=True), "ae_weight"),
+        (dict(use_entropy=False, combine="weighted"), "use_entropy=False.*combine='weighted'"),
+        (dict(use_edges=False, combine="er"), "use_edges=False.*combine='er'"),
+        (dict(mode="band"), "band_width is required"),
+        (dict(mode="band", band_width=0.5), "band_width must be a finite number >= 1"),
+        (dict(mode="band", band_width=float("inf")), "band_width must be a finite number >= 1"),
+        (dict(mode="band", band_width="2"), "band_width must be a finite number >= 1"),
+        (dict(mode="band", band_width=2, band_profile="gauss"), "band_profile"),
+        (dict(band_width=2), "band_width is only used with mode='band'"),
+    ],
+)
+def test_new_options_are_validated_by_name(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fuzzy_masks(IMAGE_4x4, LABEL_4x4, patch_size=2, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        partition.check_options(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# label-boundary band
+
+
+def brute_distance(label: np.ndarray) -> np.ndarray:
+    """Reference for :func:`boundary_distance` by exhaustive search over all pixel pairs."""
+    label = np.asarray(label)
+    spatial = label.shape[1:]
+    coords = np.indices(spatial).reshape(len(spatial), -1).T.astype(np.float64)
+    dist = np.sqrt(((coords[:, None] - coords[None]) ** 2).sum(-1))
+    out = np.full(coords.shape[0], np.inf)
+    channels = [label[0]] if label.shape[0] == 1 else [c != 0 for c in label]
+    for ch in channels:
+        v = ch.ravel()
+        out = np.minimum(out, np.where(v[:, None] != v[None], dist, np.inf).min(axis=1))
+    return out.reshape(spatial)
+
+
+# 8×8, a 4×4 lesion at rows/cols 2..5. Distances to the other class: 1 on both sides of the border
+# (face neighbours), √2 at the four outer corners (2±1 diagonal), 2 at the 2×2 centre of the lesion
+# and one step further out, √5 / 2√2 beyond.
+SQUARE = torch.zeros(1, 8, 8, dtype=torch.long)
+SQUARE[0, 2:6, 2:6] = 1
+SQUARE_BAND_1 = torch.tensor(
+    [
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 1, 1, 1, 1, 1, 1, 0],
+        [0, 1, 1, 0, 0, 1, 1, 0],
+        [0, 1, 1, 0, 0, 1, 1, 0],
+        [0, 1, 1, 1, 1, 1, 1, 0],
+        [0, 0, 1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    dtype=torch.float32,
+)[None]
+
+
+def test_band_square_lesion_by_hand():
+    d = boundary_distance(SQUARE)
+    assert d.dtype == torch.float64 and d.shape == (8, 8)
+    assert float(d[2, 2]) == 1 and float(d[3, 3]) == 2 and float(d[1, 1]) == pytest.approx(math.sqrt(2))
+    assert float(d[0, 0]) == pytest.approx(math.sqrt(8)) and float(d[0, 1]) == pytest.approx(math.sqrt(5))
+    assert float(d[0, 2]) == 2
+    mask_n, mask_f = fuzzy_masks(torch.rand(1, 8, 8), SQUARE, mode="band", band_width=1)
+    assert torch.equal(mask_f, SQUARE_BAND_1) and torch.equal(mask_n, 1 - SQUARE_BAND_1)
+    # width 1.5 adds the outer corners (√2): exactly the morph edge map of Eq. 4
+    _, mask_f = fuzzy_masks(torch.rand(1, 8, 8), SQUARE, mode="band", band_width=1.5)
+    band = SQUARE_BAND_1.clone()
+    band[0, [1, 1, 6, 6], [1, 6, 1, 6]] = 1
+    assert torch.equal(mask_f, band) and torch.equal(mask_f[0].bool(), label_edges(SQUARE))
+    # width 2: everything within 2 pixels: the whole lesion (its centre is at 2) and the ring at 2,
+    # which reaches the image border in the middle of each side but not at √5 or 2√2
+    _, mask_f = fuzzy_masks(torch.rand(1, 8, 8), SQUARE, mode="band", band_width=2)
+    expected = torch.as_tensor(brute_distance(SQUARE.numpy()) <= 2).float()[None]
+    assert torch.equal(mask_f, expected)
+    assert torch.all(mask_f[0, 2:6, 2:6] == 1) and torch.all(mask_f[0, 0, 2:6] == 1) and not mask_f[0, 0, :2].any()
+    # out of the band: at each image corner the corner pixel (2√2) and its two neighbours (√5)
+    assert int(mask_f.sum()) == 64 - 4 * 3
+
+
+def test_band_linear_profile_by_hand():
+    # width 2: 1 up to d = 2, then 2 − d/2, 0 from d = 4
+    mask_n, mask_f = fuzzy_masks(torch.zeros(1, 8, 8), SQUARE, mode="band", band_width=2, band_profile="linear")
+    d = brute_distance(SQUARE.numpy())
+    expected = np.clip(2 - d / 2, 0, 1)
+    torch.testing.assert_close(mask_f[0], torch.as_tensor(expected, dtype=torch.float32))
+    torch.testing.assert_close(mask_n, 1 - mask_f)
+    assert float(mask_f[0, 0, 1]) == pytest.approx(2 - math.sqrt(5) / 2)  # 0.882
+    assert float(mask_f[0, 0, 0]) == pytest.approx(2 - math.sqrt(8) / 2)  # 0.586
+    # the hard band is where the linear profile is 1
+    _, hard = fuzzy_masks(torch.zeros(1, 8, 8), SQUARE, mode="band", band_width=2)
+    assert torch.equal(hard, (mask_f == 1).float())
+    far = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, math.inf]], dtype=torch.float64)
+    expected = torch.tensor([[1.0, 1.0, 0.5, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(band_score(far, 2.0, "linear"), expected)
+    expected = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(band_score(far, 2.5), expected)
+
+
+def test_band_without_boundary_is_all_nonfuzzy():
+    for label in (torch.zeros(1, 6, 5), torch.ones(1, 6, 5), torch.full((1, 4, 4, 3), 2)):
+        assert torch.all(torch.isinf(boundary_distance(label)))
+        for profile in partition.BAND_PROFILES:
+            mask_n, mask_f = fuzzy_masks(torch.rand(1, *label.shape[1:]), label, mode="band", band_width=3,
+                                         band_profile=profile)
+            assert torch.all(mask_f == 0) and torch.all(mask_n == 1)
+    # a one-hot label with an empty channel: the other channel's boundary counts, the empty one none
+    one_hot = torch.zeros(2, 8, 8)
+    one_hot[0] = (SQUARE[0] == 0).float()
+    one_hot[1] = (SQUARE[0] == 1).float()
+    assert torch.equal(boundary_distance(one_hot), boundary_distance(SQUARE))
+    three = torch.cat([one_hot, torch.zeros(1, 8, 8)])
+    assert torch.equal(boundary_distance(three), boundary_distance(SQUARE))
+
+
+def test_band_multiclass_and_one_hot_match_brute_force():
+    label = torch.zeros(1, 9, 11, dtype=torch.long)
+    label[0, :, 6:] = 2
+    label[0, 2:5, 1:4] = 1
+    label[0, 6:8, 7:9] = 3  # class 3 inside class 2: its boundary is with 2, not with 0
+    ref = brute_distance(label.numpy())
+    torch.testing.assert_close(boundary_distance(label), torch.as_tensor(ref))
+    one_hot = torch.cat([(label == c) for c in range(4)]).float()
+    torch.testing.assert_close(boundary_distance(one_hot), torch.as_tensor(ref))
+    assert float(boundary_distance(label)[7, 9]) == 1.0  # class 2 next to the class-3 block
+    for w in (1, 1.5, 2, 3.2):
+        _, mask_f = fuzzy_masks(torch.rand(3, 9, 11), label, mode="band", band_width=w)
+        assert torch.equal(mask_f[0], torch.as_tensor(ref <= w).float())
+
+
+def test_band_overlapping_maps_use_every_boundary():
+    # nested regions (e.g. whole tumour ⊃ core): the inner map's boundary lies inside the outer region
+    maps = torch.zeros(2, 10, 10)
+    maps[0, 1:9, 1:9] = 1
+    maps[1, 4:6, 4:6] = 1
+    d = boundary_distance(maps)
+    torch.testing.assert_close(d, torch.as_tensor(brute_distance(maps.numpy())))
+    assert float(d[4, 4]) == 1.0 and float(d[3, 4]) == 1.0  # both sides of the inner boundary
+    assert float(d[3, 3]) == pytest.approx(math.sqrt(2))  # 3 from the outer map's boundary, √2 from the inner one
+    assert float(d[2, 2]) == 2.0  # 2 from the outer one, √8 from the inner one
+
+
+def test_band_3d_by_hand_and_brute_force():
+    label = torch.zeros(1, 5, 6, 7, dtype=torch.long)
+    label[0, 1:4, 2:5, 2:6] = 1
+    d = boundary_distance(label)
+    torch.testing.assert_close(d, torch.as_tensor(brute_distance(label.numpy())))
+    # the lesion is 3×3×4 voxels: only its two central voxels lie 2 from the background
+    assert float(d[2, 3, 3]) == 2.0 and float(d[2, 3, 4]) == 2.0 and float(d[1, 3, 3]) == 1.0
+    assert float(d[0, 0, 0]) == pytest.approx(math.sqrt(1 + 4 + 4))
+    mask_n, mask_f = fuzzy_masks(torch.rand(2, 5, 6, 7), label, mode="band", band_width=1)
+    assert mask_f.shape == (1, 5, 6, 7)
+    # width 1: the lesion but its two central voxels, and the outside voxels sharing a face with it
+    # (two 3×4 faces across each of the first two axes, two 3×3 faces across the third)
+    assert torch.all(mask_f[0][label[0] == 1].sum() == 36 - 2) and mask_f[0, 2, 3, 3] == 0
+    assert int(mask_f.sum()) == (36 - 2) + 2 * (3 * 4 + 3 * 4 + 3 * 3)
+    torch.testing.assert_close(mask_n, 1 - mask_f)
+
+
+def test_band_depends_on_the_label_only_and_batches():
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 3, (3, 1, 12, 9))
+    labels[1] = 0  # one image without a boundary
+    images = rng.normal(size=(3, 2, 12, 9)).astype(np.float32)
+    mask_n, mask_f = fuzzy_masks_batch(images, labels, mode="band", band_width=2, band_profile="linear")
+    assert mask_f.shape == (3, 1, 12, 9) and mask_f.dtype == torch.float32
+    for i in range(3):
+        single_n, single_f = fuzzy_masks(images[i] * 5 + 1, labels[i], mode="band", band_width=2, band_profile="linear")
+        assert torch.equal(single_f, mask_f[i]) and torch.equal(single_n, mask_n[i])
+        ref = np.clip(2 - brute_distance(labels[i]) / 2, 0, 1)
+        torch.testing.assert_close(mask_f[i, 0], torch.as_tensor(ref, dtype=torch.float32))
+    assert torch.all(mask_f[1] == 0)
+
+
+def test_partition_draws_no_random_numbers():
+    rng = np.random.default_rng(8)
+    image = rng.normal(size=(3, 20, 18)).astype(np.float32)
+    label = rng.integers(0, 3, (1, 20, 18))
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    for kwargs in (dict(), dict(mode="paper"), dict(combine="weighted", ae_weight=0.3, entropy="shannon"),
+                   dict(mode="band", band_width=2), dict(mode="band", band_width=2, band_profile="linear")):
+        first = fuzzy_masks(image, label, 4, **kwargs)
+        second = fuzzy_masks(image, label, 4, **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    after = np.random.get_state()
+    assert after[0] == np_state[0] and np.array_equal(after[1], np_state[1]) and after[2:] == np_state[2:]
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases(), st.sampled_from([1, 1.5, 2, 3.7]), st.sampled_from(partition.BAND_PROFILES))
+def test_band_properties(case, width, profile):
+    image, label, _ = case
+    mask_n, mask_f = fuzzy_masks(image, label, mode="band", band_width=width, band_profile=profile)
+    assert mask_f.shape == (1, *image.shape[1:]) and mask_f.dtype == torch.float32
+    torch.testing.assert_close(mask_n + mask_f, torch.ones_like(mask_f))
+    ref = brute_distance(label)
+    expected = (ref <= width).astype(np.float64) if profile == "hard" else np.clip(2 - ref / width, 0, 1)
+    torch.testing.assert_close(mask_f[0], torch.as_tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+@pytest.mark.parametrize("shape", [(3, 37, 50), (1, 20, 17, 9)])
+def test_cuda_matches_cpu_new_modes(shape):
+    rng = np.random.default_rng(9)
+    image = torch.as_tensor(rng.normal(size=shape).astype(np.float32))
+    label = torch.as_tensor(rng.integers(0, 3, (1, *shape[1:])))
+    for kwargs in (dict(combine="weighted", ae_weight=0.25, entropy="shannon"), dict(combine="er"),
+                   dict(mode="band", band_width=2), dict(mode="band", band_width=3, band_profile="linear")):
+        cpu = fuzzy_masks(image, label, 8, **kwargs)
+        gpu = fuzzy_masks(image.cuda(), label.cuda(), 8, **kwargs)
+        for a, b in zip(cpu, gpu):
+            assert b.is_cuda
+            torch.testing.assert_close(b.cpu(), a)

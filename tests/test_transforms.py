@@ -75,6 +75,16 @@ def test_backend_and_aliases():
         (dict(edge="canny"), "edge"),
         (dict(entropy="renyi"), "entropy"),
         (dict(use_entropy=False, use_edges=False), "use_entropy and use_edges"),
+        (dict(mode="pixel"), "mode"),
+        (dict(mode="paper", entropy="shannon"), "mode='paper' fixes entropy"),
+        (dict(mode="paper", combine="weighted"), "mode='paper' fixes combine"),
+        (dict(combine="mean"), "combine"),
+        (dict(combine="weighted", ae_weight=-0.1), "ae_weight"),
+        (dict(use_edges=False, combine="weighted"), "use_edges=False"),
+        (dict(mode="band"), "band_width is required"),
+        (dict(mode="band", band_width=0), "band_width"),
+        (dict(band_width=3), "band_width is only used with mode='band'"),
+        (dict(mode="band", band_width=3, band_profile="cosine"), "band_profile"),
     ],
 )
 def test_invalid_options_fail_at_construction(kwargs, match):
@@ -174,6 +184,43 @@ def test_masks_follow_later_spatial_transforms():
         # the flip is recorded on the mask as on the label (so Invertd can undo it)
         assert [op["class"] for op in partition_first[key].applied_operations] == ["Flip"]
     assert partition_first["mask_f"].max() == 1 and partition_first["mask_n"].min() < 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(mode="paper"),
+        dict(combine="er"),
+        dict(combine="weighted", ae_weight=0.25, entropy="shannon"),
+        dict(mode="band", band_width=2),
+        dict(mode="band", band_width=1.5, band_profile="linear"),
+    ],
+)
+def test_transform_options_reach_the_partition(options):
+    image, label = sample(shape=(3, 32, 24), n_classes=3, seed=2)
+    meta_label = MetaTensor(torch.as_tensor(label), meta={"filename_or_obj": "case_002.png"})
+    t = FuzzyPartitiond(keys=("image", "label"), patch_size=8, **options)
+    for name, value in options.items():
+        assert getattr(t.partition, name) == value
+    out = t({"image": MetaTensor(image), "label": meta_label})
+    ref_n, ref_f = fuzzy_masks(image, label, patch_size=8, **options)
+    for key, ref in (("mask_n", ref_n), ("mask_f", ref_f)):
+        assert isinstance(out[key], MetaTensor) and out[key].meta["filename_or_obj"] == "case_002.png"
+        torch.testing.assert_close(out[key].as_tensor(), ref)
+    # each option changes the masks of this sample but the paper preset, which is the default
+    default_f = fuzzy_masks(image, label, patch_size=8)[1]
+    assert torch.equal(ref_f, default_f) == (options == dict(mode="paper"))
+
+
+def test_band_transform_numpy_and_3d():
+    image, label = sample(shape=(1, 20, 18, 12), n_classes=3, seed=6)
+    mask_n, mask_f = FuzzyPartition(mode="band", band_width=2)(image, label)
+    assert isinstance(mask_f, np.ndarray) and mask_f.dtype == np.float32 and mask_f.shape == (1, 20, 18, 12)
+    np.testing.assert_array_equal(mask_n, 1 - mask_f)
+    assert set(np.unique(mask_f)) == {0.0, 1.0}
+    # both class boundaries (0/1 and 1/2) are in the band
+    inner = label[0] == 2
+    assert mask_f[0][inner].max() == 1 and mask_f[0][label[0] == 1].max() == 1
 
 
 def test_3d_dictionary_transform():

@@ -111,7 +111,7 @@ class Profile:
     Args:
         name: profile name.
         size: square input side in pixels (images resized bilinear, labels nearest).
-        channels, strides, res_units: MONAI ``UNet`` (2D, batch norm).
+        channels, strides, res_units: MONAI ``UNet`` (2D).
         batch: batch size.
         lr: Adam learning rate (both paradigms, both DALE steps).
         patch: partition patch side, scaled with ``size`` so that the patch grid stays close to the paper's
@@ -126,10 +126,8 @@ class Profile:
         val_points: validation evaluations per run (convergence curves).
         dice_weight: weight of the (per-pixel weighted) Dice term of ``DALELoss`` next to CE.
         dice_batch: compute that Dice term over the whole batch (one value per class, nnU-Net's "batch Dice")
-            instead of per image. Per-image Dice with a smoothing of 1e-5 scores an image whose label is empty
-            by how close its prediction is to empty, so every lesion-free image pulls the network towards
-            all-background; on COVID pseudo-labels (3.5 % lesion pixels, many empty slices) that is the
-            all-background collapse (see BENCHMARKS.md, chosen on validation).
+            instead of per image (see BENCHMARKS.md, protocol 1's all-background collapse).
+        norm: the UNet's normalisation layers (``"batch"`` or ``"instance"``, MONAI ``Norm`` names).
         threads: torch CPU threads (1 on a shared 2-core machine: more threads contend and run far slower).
         device: ``"cpu"`` or ``"cuda"``.
     """
@@ -149,11 +147,13 @@ class Profile:
     val_points: int = 10
     dice_weight: float = 1.0
     dice_batch: bool = False
+    norm: str = "batch"
     threads: int | None = 1
     device: str = "cpu"
 
     def describe(self) -> str:
-        net = f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), batch norm"
+        net = (f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), "
+               f"{self.norm} norm")
         ep = ", ".join(f"{k} {v}" for k, v in self.epochs.items())
         subset = "all 1,600" if self.covid_subset is None else f"{self.covid_subset} of 1,600 (seed 0)"
         return (
@@ -205,6 +205,11 @@ class RunConfig:
         wasserstein: attach ``WassersteinAlignment`` (α = 0.05).
         use_entropy, use_edges, entropy: partition options (ablation).
         mask_mode, mask_inputs: ``DALETrainer`` options (how the partition masks enter the two steps).
+        partition_opts: JSON object of further ``FuzzyPartitiond`` options (e.g. ``{"mode": "band",
+            "band_width": 4}``); empty for the defaults.
+        omega_opts: JSON object of further ``OmegaMetaStep`` options (e.g. ``{"method": "first_order"}``);
+            empty for the defaults (``method="jvp"``).
+        alpha: weight α of L_W when ``wasserstein`` is set.
         seed: seed of initialisation, data order and augmentation.
         profile: the profile name (for the record).
         profile_fields: :func:`profile_fields` of the profile for this dataset (the key depends on it).
@@ -222,6 +227,9 @@ class RunConfig:
     entropy: str = "paper"
     mask_mode: str = "paper"
     mask_inputs: bool = True
+    partition_opts: str = ""
+    omega_opts: str = ""
+    alpha: float = 0.05
 
     def key(self) -> str:
         # the code version is part of the key: a cached run never stands for a result of other code
@@ -373,7 +381,7 @@ def load_split(datalist: Path, section: str, size: int, subset: int | None = Non
 
 def _network(profile: Profile, in_channels: int) -> torch.nn.Module:
     return UNet(2, in_channels, 1, channels=profile.channels, strides=profile.strides,
-                num_res_units=profile.res_units, norm="batch")
+                num_res_units=profile.res_units, norm=profile.norm)
 
 
 def _train_transform(cfg: RunConfig, profile: Profile, keys: tuple[str, ...]) -> Compose:
@@ -381,7 +389,8 @@ def _train_transform(cfg: RunConfig, profile: Profile, keys: tuple[str, ...]) ->
           RandRotate90d(keys, prob=0.5, spatial_axes=(0, 1))]
     if cfg.paradigm == "dale":
         xs.append(FuzzyPartitiond(("image", "label"), patch_size=profile.patch, tau=0.9, entropy=cfg.entropy,
-                                  use_entropy=cfg.use_entropy, use_edges=cfg.use_edges))
+                                  use_entropy=cfg.use_entropy, use_edges=cfg.use_edges,
+                                  **json.loads(cfg.partition_opts or "{}")))
     return Compose(xs)
 
 
@@ -540,10 +549,11 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     if cfg.paradigm == "standard":
         trainer = SupervisedTrainer(**common)
     elif cfg.paradigm == "dale":
-        omega = None if cfg.omega is None else OmegaMetaStep(method="jvp", reduction=cfg.omega)
+        omega_kw = {"method": "jvp", **json.loads(cfg.omega_opts or "{}")}
+        omega = None if cfg.omega is None else OmegaMetaStep(reduction=cfg.omega, **omega_kw)
         trainer = DALETrainer(**common, omega_step=omega, mask_mode=cfg.mask_mode, mask_inputs=cfg.mask_inputs)
         if cfg.wasserstein:
-            WassersteinAlignment(alpha=0.05, seed=cfg.seed).attach(trainer)
+            WassersteinAlignment(alpha=cfg.alpha, seed=cfg.seed).attach(trainer)
         stats = _DALEStats()
         stats.attach(trainer)
     else:

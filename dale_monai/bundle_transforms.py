@@ -379,9 +379,9 @@ class SaveMaskd(SaveImaged):
     folder gives ``<folder name>_<output_postfix>.nii.gz`` with the series' affine; the mask of a NIfTI input
     carries that file's spatial header (qform, sform, their codes, pixdim, units; see :func:`nifti_header_like`),
     so ITK-based viewers, which prefer the qform, and nibabel/MONAI, which prefer the sform, place image and
-    mask alike. The mask keeps its input's number of spatial dimensions (MONAI's writers squeeze trailing singleton dims: a PNG one pixel high, a volume
-    of one slice). Output names come from input file names, which a datalist controls: a name that would resolve
-    outside ``output_dir`` is refused before anything is written.
+    mask alike. The mask keeps its input's number of spatial dimensions (MONAI's writers squeeze trailing
+    singleton dims: a PNG one pixel high, a volume of one slice). Output names come from input file names, which
+    a datalist controls: a name that would resolve outside ``output_dir`` is refused before anything is written.
 
     Args:
         keys: keys of the masks to save.

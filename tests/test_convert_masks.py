@@ -277,3 +277,23 @@ def test_nifti_2d_slices_decode_the_whole_volume_and_shift_both_forms(tmp_path, 
                 assert int(written.header["qform_code"]) == 1 and int(written.header["sform_code"]) == 2
     dl = read_json(out / "datalist.json")
     assert len(dl["training"]) == 16
+
+
+def test_noisy_nifti_labels_keep_the_sources_forms(tmp_path):
+    """``data_prep noise`` writes its noisy NIfTI copies with the clean label's header, as the converters do."""
+    import json
+
+    from data_prep.noise import make_noisy_dataset
+
+    src = tmp_path / "src"
+    label = np.zeros((10, 9, 6), np.uint8)
+    label[2:7, 3:8, 1:5] = 1
+    _nifti(src / "l0.nii.gz", label, Q, 1, S, 2)
+    _nifti(src / "i0.nii.gz", np.zeros((10, 9, 6), np.float32), Q, 1, S, 2)
+    (src / "datalist.json").write_text(json.dumps({"training": [{"image": "i0.nii.gz", "label": "l0.nii.gz"}]}))
+    report = make_noisy_dataset(src / "datalist.json", tmp_path / "out", "dilate", seed=0, k=1, verbose=False)
+    noisy = nib.load(str(tmp_path / "out" / report["cases"][0]["label"]))
+    assert int(noisy.header["qform_code"]) == 1 and int(noisy.header["sform_code"]) == 2
+    np.testing.assert_allclose(noisy.header.get_qform(), Q, atol=1e-5)
+    np.testing.assert_allclose(noisy.header.get_sform(), S, atol=1e-5)
+    assert np.asarray(noisy.dataobj).sum() > label.sum()  # dilated

@@ -64,10 +64,14 @@ def _shown(values: np.ndarray) -> str:
     return ", ".join(f"{v:g}" for v in values[:8].tolist()) + (", ..." if values.size > 8 else "")
 
 
-def full_scale(arr: np.ndarray) -> int:
+def full_scale(arr: np.ndarray, path: str | os.PathLike = "mask") -> int:
     """The full-scale value of a mask's bit depth: 1 for bool, 255 for uint8, 65535 for uint16, the type's maximum
     for other 8/16-bit integers; for wider integers and floats (which PIL and NIfTI use for any content) the
     smallest of 1 (floats only), 255 and 65535 holding the mask's maximum.
+
+    Args:
+        arr: the mask in its stored type.
+        path: the source, named in errors.
 
     Raises:
         DataPrepError: a wide or float mask above 65535 (not a mask encoding this module knows).
@@ -81,7 +85,7 @@ def full_scale(arr: np.ndarray) -> int:
     for scale in _FULL_SCALES if np.issubdtype(arr.dtype, np.floating) else _FULL_SCALES[1:]:
         if top <= scale:
             return scale
-    raise DataPrepError(f"mask values up to {top:g} exceed 16 bits")
+    raise DataPrepError(f"{path}: mask values up to {top:g} exceed 16 bits")
 
 
 def binary_foreground(values: np.ndarray, dtype: np.dtype | None = None) -> float | None:
@@ -157,7 +161,7 @@ def binary_mask(arr: np.ndarray, path: str | os.PathLike, threshold: int | None 
             f"{path}: unexpected mask values [{_shown(values)}]; a binary mask holds 0 and one of 1, 255, 65535 "
             "(--threshold T binarises other values)"
         )
-    scale = full_scale(arr)
+    scale = full_scale(arr, path)
     top = float(values[-1])
     if lossy:
         middle = float(((arr >= scale * 64 / 255) & (arr <= scale * 191 / 255)).mean())
@@ -191,7 +195,7 @@ def soft_mask(arr: np.ndarray, path: str | os.PathLike, threshold: int = 128) ->
     arr = np.asarray(arr)
     _check_threshold(threshold)
     values = _values(arr, path)
-    scale = full_scale(arr)
+    scale = full_scale(arr, path)
     soft = np.rint(arr.astype(np.float64) * (255.0 / scale)).astype(np.uint8) if scale != 255 else arr.astype(np.uint8)
     out = (soft >= threshold).astype(np.uint8)
     top = float(values[-1])

@@ -63,6 +63,8 @@ def test_threshold_is_on_the_masks_bit_depth():
         binary_mask(soft8, "s.png")
     with pytest.raises(DataPrepError, match=r"--threshold 300: must be within 1\.\.255"):
         binary_mask(soft8, "s.png", threshold=300)
+    with pytest.raises(DataPrepError, match=r"w\.tif: mask values up to 70000 exceed 16 bits"):
+        binary_mask(np.array([[0, 5, 70000]], np.int32), "w.tif", threshold=128)
 
 
 @pytest.mark.parametrize(("mask", "threshold", "shown"), [

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: the bundle's choice, CUDA when available)")
     p.add_argument("--checkpoint", default=None, help="weights file (default: the bundle's models/model.pt)")
+    p.add_argument("--each-volume", action="store_true",
+                   help="predict each volume of a 4D NIfTI (time points, b-values) as its own case <case>_vol<i>; "
+                        "without it a 4D NIfTI whose volumes are not the bundle's input channels fails")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return parser
 
@@ -50,7 +53,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         predictor = Predictor(args.bundle, device=args.device, checkpoint=args.checkpoint)
         report = predictor.predict_path(args.input, args.output, overwrite=args.overwrite, overlay=args.overlay,
-                                        progress=args.progress)
+                                        progress=args.progress, each_volume=args.each_volume)
     except (CheckpointError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

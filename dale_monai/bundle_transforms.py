@@ -4,13 +4,15 @@
   truncated PNG otherwise fails deep inside PIL with "image file is truncated" and no file name);
 - :class:`AdaptChannels` / :class:`AdaptChannelsd`: give a loaded image the channel count the network was
   trained with (a grey CT slice into an RGB dermoscopy network, an RGB photo into a grey network, the alpha
-  channel of an RGBA or grey+alpha PNG dropped), and reject a 2D image given to a 3D network, or a palette/CMYK
-  image whose loaded values are not intensities, with a message naming the file;
+  channel of an RGBA or grey+alpha PNG dropped), and reject a 2D image given to a 3D network, a palette/CMYK
+  image whose loaded values are not intensities, or a 4D NIfTI whose volumes are not the network's channels,
+  with a message naming the file;
 - :class:`CheckSampled`: reject NaN/Inf images, labels that are not class indices, a label whose size differs
   from its image, and (optionally) intensities outside the range a bundle expects;
 - :class:`SaveMaskd`: MONAI's ``SaveImaged`` writing each mask in its input's kind of file: a PNG for a 2D
   PNG/JPG/BMP/TIFF input, NIfTI otherwise (volumes, DICOM series, NIfTI), with the input's number of spatial
-  dimensions, and never outside its output folder. Being a ``SaveImaged``, MONAI Label's bundle app drops it from
+  dimensions and, for a NIfTI input, its spatial header (qform, sform, codes, units), and never outside its
+  output folder. Being a ``SaveImaged``, MONAI Label's bundle app drops it from
   the postprocessing as it does for every bundle.
 """
 
@@ -24,9 +26,10 @@ import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor, PathLike
 from monai.data import FolderLayout, MetaTensor
-from monai.data.image_writer import NibabelWriter, PILWriter, resolve_writer
+from monai.data.utils import to_affine_nd
+from monai.data.image_writer import ImageWriter, NibabelWriter, PILWriter, resolve_writer
 from monai.transforms import LoadImage, LoadImaged, MapTransform, SaveImage, SaveImaged, Transform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, convert_data_type, get_equivalent_dtype
 from monai.utils.enums import PostFix
 
 __all__ = [
@@ -41,11 +44,15 @@ __all__ = [
     "AdaptChannelsDict",
     "CheckSampled",
     "SaveMaskd",
+    "nifti_header_like",
     "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
 ]
 
 #: file suffixes saved back as PNG by :class:`SaveMaskd` (2D images that carry no spacing worth a NIfTI)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: volume files whose channels (NIfTI's 4th axis) are volumes (time points, modalities), never colours
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 # ITU-R BT.601 luma, the weights PIL's convert("L") uses
 _LUMA = (0.299, 0.587, 0.114)
@@ -62,6 +69,10 @@ def _source(img: Any) -> str:
 
 def _is_image_file(img: Any) -> bool:
     return Path(_source(img)).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _is_volume_file(img: Any) -> bool:
+    return _source(img).lower().endswith(VOLUME_SUFFIXES)
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -134,6 +145,13 @@ class AdaptChannels(Transform):
     """Give a channel-first image ``channels`` channels: grey → RGB repeats, RGB(A) → grey takes the luma,
     RGBA → RGB drops alpha, grey+alpha (a 2-channel PNG/TIFF, PIL mode ``LA``) → grey or RGB drops alpha.
 
+    Colour conversions are made only where the channels are colours: image files, DICOM colour samples and
+    in-memory arrays. The channels of a NIfTI volume (its 4th axis, MONAI's channel axis) are volumes: time
+    points, b-values, modalities. They pass when their count is the network's (a multi-modal bundle), a single
+    volume may be repeated for an RGB network as a grey image is, and any other count is rejected naming the
+    file and its number of volumes: fusing three time points with luma weights, or dropping a fourth, would give
+    a mask of an image that does not exist. ``python -m dale_monai predict --each-volume`` predicts each volume.
+
     A palette image (PIL mode ``P``) loads as palette indices and a CMYK/YCbCr/LAB/HSV image as values of that
     colour space; neither is an intensity the network was trained on, so both are rejected (MONAI's PIL reader
     records the mode in the meta data).
@@ -143,8 +161,8 @@ class AdaptChannels(Transform):
         spatial_dims: if set, images with fewer spatial dimensions are rejected (a 2D image for a 3D network).
 
     Raises:
-        ValueError: at call time, for a channel count that cannot be converted, too few spatial dimensions, or a
-            palette/non-RGB colour image, naming the image's file.
+        ValueError: at call time, for a channel count that cannot be converted (a NIfTI volume count other than
+            ``channels`` or 1), too few spatial dimensions, or a palette/non-RGB colour image, naming the file.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -172,6 +190,13 @@ class AdaptChannels(Transform):
             raise ValueError(f"{_source(img)}: a {mode} image; convert it to RGB or grey (e.g. PIL's "
                              "Image.convert('RGB'))")
         c = img.shape[0]
+        if _is_volume_file(img) and c not in (1, self.channels):
+            raise ValueError(
+                f"{_source(img)}: a 4D NIfTI holding {c} volumes (shape {_shape(img.shape[1:])}x{c}), and this network "
+                f"takes {self.channels} channel{'s' if self.channels > 1 else ''}: its volumes (time points, "
+                "modalities) are not colour channels to fuse or drop. Give one volume (e.g. nibabel's "
+                "img.slicer[..., i]), or predict each volume with python -m dale_monai predict --each-volume"
+            )
         if c == 2 and (mode == "LA" or _is_image_file(img)):
             img = img[:1]  # grey + alpha: an image file's second channel is its alpha, never a modality
             c = 1
@@ -237,8 +262,18 @@ class _MaskPILWriter(PILWriter):
 
 
 class _MaskNibabelWriter(NibabelWriter):
-    """MONAI's NIfTI writer keeping the input's number of spatial dims: a mask of a one-slice volume stays 3D
-    (``NibabelWriter`` squeezes it to 2D) and a 2D slice's mask stays 2D."""
+    """MONAI's NIfTI writer keeping the input's number of spatial dims and, for a NIfTI input, its spatial header.
+
+    - A mask of a one-slice volume stays 3D (``NibabelWriter`` squeezes it to 2D) and a 2D slice's mask stays 2D.
+    - ``NibabelWriter`` stores one affine as both qform and sform (code 1). A NIfTI input whose qform and sform
+      differ is placed by nibabel/MONAI at its sform but by ITK (3D Slicer, ITK-SNAP) at its qform, so such a
+      mask would sit elsewhere than its image in half the viewers. When the mask lies in the NIfTI input's voxel
+      grid (see :func:`nifti_header_like`), it is written with the input's header instead: qform, sform, their
+      codes, pixdim and units, so every reader resolves image and mask alike.
+    """
+
+    source: str | None = None
+    read_affine: Any = None
 
     def set_data_array(self, data_array: NdarrayOrTensor, channel_dim: int | None = 0, squeeze_end_dims: bool = True,
                        **kwargs: Any) -> None:
@@ -246,6 +281,87 @@ class _MaskNibabelWriter(NibabelWriter):
         super().set_data_array(data_array, channel_dim, squeeze_end_dims=False, **kwargs)
         if self.data_obj.ndim > 2 and self.data_obj.shape[-1] == 1:
             self.data_obj = self.data_obj[..., 0]
+
+    def set_metadata(self, meta_dict: Mapping | None, resample: bool = True, **options: Any) -> None:
+        super().set_metadata(meta_dict, resample, **options)
+        source = (meta_dict or {}).get("filename_or_obj")
+        self.source = str(source) if isinstance(source, (str, Path)) else None
+        self.read_affine = (meta_dict or {}).get("original_affine")
+
+    def write(self, filename: PathLike, verbose: bool = False, **obj_kwargs: Any) -> None:
+        import nibabel as nib
+
+        data = np.asarray(convert_data_type(self.data_obj, np.ndarray)[0])
+        header = None
+        if self.source is not None and self.affine is not None and not obj_kwargs:
+            header = nifti_header_like(self.source, data.shape, convert_data_type(self.affine, np.ndarray)[0],
+                                       self.read_affine)
+        if header is None:
+            super().write(filename, verbose=verbose, **obj_kwargs)
+            return
+        ImageWriter.write(self, filename, verbose=verbose)  # MONAI's logging only
+        if self.output_dtype is not None:
+            data = data.astype(get_equivalent_dtype(self.output_dtype, np.ndarray), copy=False)
+        header.set_data_dtype(data.dtype)
+        # affine None: nibabel writes the header's qform/sform and codes untouched
+        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        nib.save(image_class(data, None, header), str(filename))
+
+
+def nifti_header_like(source: PathLike, shape: Sequence[int], affine: NdarrayOrTensor,
+                      read_affine: NdarrayOrTensor | None = None) -> Any | None:
+    """A header for a mask of NIfTI file ``source``: a copy of the file's header, or None when the mask does not
+    lie in the file's voxel grid.
+
+    Kept: the qform and sform with their codes, ``pixdim``, ``xyzt_units``, ``dim_info``, slice timing fields.
+    Reset, as they describe the image's values rather than its space: scaling (``scl_slope``/``scl_inter``),
+    display window (``cal_min``/``cal_max``), intent, description, ``aux_file`` and header extensions.
+
+    Args:
+        source: the input file (``.nii`` or ``.nii.gz``).
+        shape: the mask's spatial shape.
+        affine: the mask's affine as MONAI carries it (voxel to RAS mm), ``3x3`` for 2D or ``4x4``.
+        read_affine: the input's affine as its reader gave it (MONAI's ``original_affine`` meta data): MONAI's
+            NIfTI reader rewrites the forms of a header whose ``pixdim`` disagrees with them, so this may be
+            neither the qform nor the sform of the file.
+
+    Returns:
+        a ``nibabel`` ``Nifti1Header`` (``Nifti2Header`` for a NIfTI-2 input), or None when ``source`` is not a
+        readable NIfTI file, its first dims are not ``shape``, or ``affine`` is none of its qform, its sform and
+        ``read_affine`` (the mask was resampled to another grid).
+    """
+    import nibabel as nib
+
+    name = str(source).lower()
+    if not name.endswith((".nii", ".nii.gz")) or not Path(source).is_file():
+        return None
+    try:
+        src = nib.load(str(source))
+    except Exception:  # not a NIfTI nibabel reads: MONAI's affine is all there is
+        return None
+    if not isinstance(src.header, (nib.Nifti1Header, nib.Nifti2Header)):
+        return None
+    shape = tuple(int(s) for s in shape)
+    if tuple(src.shape[: len(shape)]) != shape or any(int(s) != 1 for s in src.shape[max(len(shape), 4):]):
+        return None
+    hdr = src.header.copy()
+    candidates = [hdr.get_best_affine()]
+    if read_affine is not None:
+        candidates.append(to_affine_nd(3, np.asarray(convert_data_type(read_affine, np.ndarray)[0], np.float64)))
+    for xform in ("qform", "sform"):
+        matrix, code = getattr(hdr, f"get_{xform}")(coded=True)
+        if code:
+            candidates.append(matrix)
+    mask_affine = to_affine_nd(3, np.asarray(convert_data_type(affine, np.ndarray)[0], np.float64))
+    if not any(np.allclose(mask_affine, c, atol=1e-4) for c in candidates):
+        return None
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = hdr["cal_max"] = 0
+    hdr.set_intent("none")
+    hdr["descrip"] = b"segmentation mask"
+    hdr["aux_file"] = b""
+    hdr.extensions.clear()
+    return hdr
 
 
 def _mask_writer(ext: str) -> type | None:
@@ -260,10 +376,12 @@ class SaveMaskd(SaveImaged):
 
     The mask is written unresampled (``Invertd`` has already restored the input's grid) as ``output_dtype``
     class indices (0 background, 1.. the classes), named ``<input stem>_<output_postfix><ext>``; a DICOM series
-    folder gives ``<folder name>_<output_postfix>.nii.gz`` with the series' affine. The mask keeps its input's
-    number of spatial dimensions (MONAI's writers squeeze trailing singleton dims: a PNG one pixel high, a volume
-    of one slice). Output names come from input file names, which a datalist controls: a name that would resolve
-    outside ``output_dir`` is refused before anything is written.
+    folder gives ``<folder name>_<output_postfix>.nii.gz`` with the series' affine; the mask of a NIfTI input
+    carries that file's spatial header (qform, sform, their codes, pixdim, units; see :func:`nifti_header_like`),
+    so ITK-based viewers, which prefer the qform, and nibabel/MONAI, which prefer the sform, place image and
+    mask alike. The mask keeps its input's number of spatial dimensions (MONAI's writers squeeze trailing
+    singleton dims: a PNG one pixel high, a volume of one slice). Output names come from input file names, which
+    a datalist controls: a name that would resolve outside ``output_dir`` is refused before anything is written.
 
     Args:
         keys: keys of the masks to save.

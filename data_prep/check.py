@@ -7,7 +7,7 @@ for DICOM folders, numpy for ``.npy``/``.npz``), and reports:
 
 * errors (exit code 1): unreadable or missing datalist, entry without ``image``, missing,
   unreadable or truncated file, DICOM folder with mixed series or missing slices, image/label
-  size mismatch, label values outside the configured classes (a 0/255 mask is named as such),
+  size mismatch, label values outside the configured classes (a 0/255 or 0/65535 mask is named as such),
   soft labels under a key other than ``label_soft``, NaN/Inf intensities, an image smaller than
   ``--min-size`` or ``--patch-size``, a palette (mode ``P``) or CMYK/YCbCr/LAB/HSV image (MONAI loads
   palette indices or those values, not intensities);
@@ -41,6 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .io import IMAGE_EXTENSIONS, DataPrepError, read_image_2d, read_mask_2d, write_json
+from .masks import binary_foreground
 
 __all__ = ["Problem", "CheckReport", "check_datalist", "add_parser", "SOFT_LABEL_KEY"]
 
@@ -395,24 +396,27 @@ def _check_label(loaded: _Loaded, key: str, s: _Settings) -> list[tuple[str, str
     if fractional.size:
         return [(ERROR, "soft_label", f"non-integer label values ({_shown(fractional)}): soft labels are allowed "
                                       f"only under the '{SOFT_LABEL_KEY}' key; '{key}' must hold class indices")]
-    is_0_255 = bool(values.size) and values.max() == 255 and set(values.tolist()) <= {0, 255}
+    # a binary mask stored at full scale (0/255, 0/65535, 0/type max): the encoding data_prep.masks decodes to 0/1
+    top = binary_foreground(values, arr.dtype) if values.size and values.max() > 1 else None
+    binary_full_scale = top is not None and top > 1
+    encoding = f"0/{_fmt(top)}" if binary_full_scale else ""
     if s.classes is not None:
         bad = [v for v in values.tolist() if int(v) not in s.classes]
         allowed = "{" + ", ".join(map(str, sorted(s.classes))) + "}"
-        if bad and is_0_255 and 0 in s.classes:
+        if bad and binary_full_scale and 0 in s.classes:
             fg = 1 if 1 in s.classes else max(s.classes)
-            out.append((ERROR, "label_255", f"0/255 mask, but labels must be class indices {allowed} "
-                                            f"({s.classes_from}): map 255 to {fg} (e.g. re-run the data_prep "
-                                            "converter, which writes 0/1 masks); as is, 255 would be trained as "
-                                            "class 255"))
+            out.append((ERROR, "label_255", f"{encoding} mask, but labels must be class indices {allowed} "
+                                            f"({s.classes_from}): map {_fmt(top)} to {fg} (e.g. re-run the "
+                                            "data_prep converter, which writes 0/1 masks); as is, "
+                                            f"{_fmt(top)} would be trained as class {_fmt(top)}"))
         elif bad:
             out.append((ERROR, "label_values", f"label values {_shown(bad)} outside the classes {allowed} "
                                                f"({s.classes_from})"))
     elif values.size and values.min() < 0:
         out.append((ERROR, "label_values", f"negative label values ({_shown(values[values < 0])})"))
-    elif is_0_255:
-        out.append((WARNING, "label_255", "0/255 mask and no classes configured: unless 255 is meant as a class "
-                                          "index, map it to 1 (e.g. re-run the data_prep converter); give "
+    elif binary_full_scale:
+        out.append((WARNING, "label_255", f"{encoding} mask and no classes configured: unless {_fmt(top)} is meant "
+                                          "as a class index, map it to 1 (e.g. re-run the data_prep converter); give "
                                           "--num-classes to make this an error"))
     if values.size == 1 and values[0] == 0:
         out.append((INFO, "empty_mask", "empty mask (no foreground)"))

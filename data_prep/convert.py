@@ -25,12 +25,13 @@ import sys
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
 
 import numpy as np
 
 from .datalist import DATALIST_NAME, SUMMARY_NAME, LabelSummary, split_items, write_datalist
 from .io import IMAGE_EXTENSIONS, DataPrepError, read_mask_2d, safe_join, save_nifti, save_png, write_json
+from .masks import binary_mask
 
 __all__ = [
     "Sample",
@@ -42,13 +43,9 @@ __all__ = [
     "run_job",
     "MANIFEST_NAME",
     "STANDARD_SECTIONS",
-    "binary_mask",
-    "soft_mask",
-    "class_mask",
     "image_2d",
     "load_binary_pair",
     "binary_pairs",
-    "is_lossy",
     "require_dir",
     "list_files",
     "match_pairs",
@@ -61,7 +58,6 @@ __all__ = [
 
 MANIFEST_NAME = ".data_prep.json"
 STANDARD_SECTIONS = ("training", "validation", "test")
-LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 FORMATS = {"png": ".png", "nifti": ".nii.gz"}
 MAX_PRINTED_SKIPS = 20
 
@@ -75,12 +71,15 @@ class Sample:
         label: class indices with the image's spatial shape, or ``None`` for unlabelled images.
         extras: further label-like arrays with the image's spatial shape (e.g. ``label_soft``).
         affine: NIfTI affine (identity when ``None``); ignored for PNG.
+        header: NIfTI header of the source (from :func:`~data_prep.io.nifti_spatial_header`) whose qform, sform,
+            codes and units every NIfTI output of the pair carries instead of ``affine``; ignored for PNG.
     """
 
     image: np.ndarray
     label: np.ndarray | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     affine: np.ndarray | None = None
+    header: Any = None
 
 
 @dataclass(frozen=True)
@@ -192,7 +191,8 @@ def _label_dtype(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr.astype(np.uint8 if (not arr.size or arr.max() < 256) else np.uint16)
 
 
-def _write(path: Path, arr: np.ndarray, fmt: str, affine: np.ndarray | None, is_label: bool) -> None:
+def _write(path: Path, arr: np.ndarray, fmt: str, affine: np.ndarray | None, is_label: bool,
+           header: Any = None) -> None:
     if is_label:
         arr = _label_dtype(arr, path)
     if fmt == "png":
@@ -202,7 +202,7 @@ def _write(path: Path, arr: np.ndarray, fmt: str, affine: np.ndarray | None, is_
     else:
         if not is_label and arr.dtype == np.float64:
             arr = arr.astype(np.float32)
-        save_nifti(path, arr, affine)
+        save_nifti(path, arr, affine, header)
 
 
 def _check_shapes(pair: Pair, sample: Sample) -> None:
@@ -319,8 +319,9 @@ def run_conversion(job: ConversionJob, out_dir: str | os.PathLike, overwrite: bo
                 # image last: a pair counts as done only once all its files exist
                 for name in [*pair.extras, "label"] if pair.has_label else list(pair.extras):
                     arr = sample.label if name == "label" else sample.extras[name]
-                    _write(paths[name], arr, job.label_format, sample.affine, is_label=True)
-                _write(paths["image"], sample.image, job.image_format, sample.affine, is_label=False)
+                    _write(paths[name], arr, job.label_format, sample.affine, is_label=True, header=sample.header)
+                _write(paths["image"], sample.image, job.image_format, sample.affine, is_label=False,
+                       header=sample.header)
             except DataPrepError as e:
                 skipped.append(Skip(pair.sources, str(e)))
                 continue
@@ -368,92 +369,7 @@ def run_conversion(job: ConversionJob, out_dir: str | os.PathLike, overwrite: bo
 
 
 # ----------------------------------------------------------------------------------------------
-# mask and image decoding
-
-
-def is_lossy(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is JPEG-compressed (its masks need thresholding)."""
-    return Path(path).suffix.lower() in LOSSY_EXTENSIONS
-
-
-def binary_mask(arr: np.ndarray, path: str | os.PathLike, threshold: int | None = None,
-                lossy: bool | None = None) -> np.ndarray:
-    """Decode a binary mask to ``uint8`` 0/1.
-
-    Lossless masks must hold 0/1 or 0/255 unless ``threshold`` is given. Lossy (JPEG) masks are
-    thresholded (``>= threshold``, 128 by default) but must still look binary: mostly near 0 or
-    255, with at most 10% of pixels in 64..191.
-
-    Args:
-        arr: the stored mask values (from :func:`~data_prep.io.read_mask_2d`).
-        path: the source, named in errors.
-        threshold: binarise ``>= threshold`` (on the 0..255 scale) instead of requiring 0/1 or 0/255.
-        lossy: whether the file is JPEG-compressed (default: from its extension).
-
-    Raises:
-        DataPrepError: unexpected values, naming the file.
-    """
-    arr = np.asarray(arr)
-    lossy = is_lossy(path) if lossy is None else lossy
-    if arr.size == 0:
-        raise DataPrepError(f"{path}: empty mask")
-    lo, hi = int(arr.min()), int(arr.max())
-    if not lossy and threshold is None:
-        values = np.unique(arr)
-        if set(values.tolist()) <= {0, 1}:
-            return arr.astype(np.uint8)
-        if set(values.tolist()) <= {0, 255}:
-            return (arr == 255).astype(np.uint8)
-        shown = ", ".join(map(str, values[:8].tolist())) + (", ..." if values.size > 8 else "")
-        raise DataPrepError(
-            f"{path}: unexpected mask values [{shown}]; a binary mask holds 0/1 or 0/255 "
-            "(--threshold T binarises other values)"
-        )
-    if lo < 0 or hi > 255:
-        raise DataPrepError(f"{path}: mask values {lo}..{hi} outside 0..255")
-    if lossy:
-        middle = float(((arr >= 64) & (arr <= 191)).mean())
-        if middle > 0.1:
-            raise DataPrepError(
-                f"{path}: not a binary mask: {middle:.0%} of pixels lie between 64 and 191 (JPEG masks "
-                "are thresholded only when they are mostly 0 or 255)"
-            )
-        if 0 < hi < 64:
-            raise DataPrepError(
-                f"{path}: mask values only up to {hi}: a 0/1 mask saved as JPEG cannot be thresholded at 128"
-            )
-    return (arr >= (128 if threshold is None else threshold)).astype(np.uint8)
-
-
-def soft_mask(arr: np.ndarray, path: str | os.PathLike, threshold: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a soft (probability-like, 0..255) mask into ``(binary 0/1, soft 0..255)`` ``uint8`` arrays.
-
-    Raises:
-        DataPrepError: values outside 0..255 or a threshold outside 1..255.
-    """
-    arr = np.asarray(arr)
-    if not 1 <= threshold <= 255:
-        raise DataPrepError(f"--threshold {threshold}: must be within 1..255")
-    if arr.size == 0 or arr.min() < 0 or arr.max() > 255:
-        raise DataPrepError(f"{path}: soft mask values must lie in 0..255")
-    soft = arr.astype(np.uint8)
-    return (soft >= threshold).astype(np.uint8), soft
-
-
-def class_mask(arr: np.ndarray, path: str | os.PathLike, num_classes: int) -> np.ndarray:
-    """Check a class-index mask (palette indices or grey values) holds only ``0..num_classes-1``.
-
-    Raises:
-        DataPrepError: other values, naming the file.
-    """
-    arr = np.asarray(arr)
-    values = np.unique(arr)
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-        raise DataPrepError(
-            f"{path}: unexpected label values {bad[:8].tolist()} (expected class indices 0..{num_classes - 1})"
-        )
-    return arr.astype(np.uint8 if num_classes <= 256 else np.uint16)
+# image decoding and binary pairs (the mask rules are data_prep.masks)
 
 
 def image_2d(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -471,7 +387,7 @@ def image_2d(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
 
 
 def load_binary_pair(image: Path, mask: Path, threshold: int | None = None) -> Sample:
-    """Read a 2D image and its binary mask (see :func:`binary_mask`) into a :class:`Sample`."""
+    """Read a 2D image and its binary mask (see :func:`~data_prep.masks.binary_mask`) into a :class:`Sample`."""
     from .io import read_image_2d
 
     return Sample(image_2d(read_image_2d(image), image), binary_mask(read_mask_2d(mask), mask, threshold))
@@ -485,7 +401,7 @@ def binary_pairs(found: Iterable[tuple[str, Path, Path]], prefix: str, sections:
         found: ``(stem, image, mask)`` triples.
         prefix: output sub-folder.
         sections: one section for all, or key → section.
-        threshold: see :func:`binary_mask`.
+        threshold: see :func:`~data_prep.masks.binary_mask`.
     """
     out = []
     for stem, image, mask in found:
@@ -605,8 +521,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, split: bool = False,
                             help=f"fraction of the training set held out for validation (default {val_fraction})")
     if threshold:
         parser.add_argument("--threshold", type=int, default=None,
-                            help="binarise masks at this value (0..255 scale); JPEG masks always are, at 128 "
-                                 "by default; lossless masks must otherwise hold 0/1 or 0/255")
+                            help="binarise masks that are not exactly binary at this value of the 0..255 scale "
+                                 "(T/255 of a 16-bit mask's range); JPEG masks always are, at 128 by default; "
+                                 "0/1, 0/255 and 0/65535 masks are binary as they are")
 
 
 def command_options(args: argparse.Namespace) -> dict:

@@ -20,6 +20,7 @@ __all__ = [
     "read_mask_2d",
     "save_png",
     "save_nifti",
+    "nifti_spatial_header",
     "safe_join",
 ]
 
@@ -89,23 +90,30 @@ def read_image_2d(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask_2d(path: str | os.PathLike) -> np.ndarray:
-    """Read a 2D mask as an integer array ``(H, W)`` holding its stored values.
+    """Read a 2D mask as an array ``(H, W)`` holding its stored values in their stored type.
 
-    Palette PNGs give their palette indices (the class ids), not colours; RGB masks are reduced
-    to one channel when their channels agree (grey saved as RGB), else rejected.
+    The type is the file's bit depth, which :mod:`data_prep.masks` needs to tell a 0/65535 binary mask from
+    class indices: ``uint8`` (8-bit grey, 1-bit as 0/255, palette indices), ``uint16`` (16-bit grey),
+    ``int32``/``float32`` (32-bit integer/float TIFF). Palette PNGs give their palette indices (the class ids),
+    not colours; RGB masks are reduced to one channel when their channels agree (grey saved as RGB), else
+    rejected; an alpha channel is dropped.
     """
     path = Path(path)
     img = _open(path)
     if img.mode == "P":
-        return np.asarray(img).astype(np.int64)
+        return np.asarray(img)
     if img.mode in ("RGB", "RGBA"):
-        arr = np.asarray(img.convert("RGB")).astype(np.int64)
+        arr = np.asarray(img.convert("RGB")).astype(np.int16)
         if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
             # JPEG-compressed grey masks differ by a few levels between channels
             if np.abs(arr - arr.mean(axis=-1, keepdims=True)).max() > 16:
                 raise DataPrepError(f"{path}: colour mask with differing channels; expected a grey or palette mask")
-        return arr.mean(axis=-1).round().astype(np.int64)
-    return np.asarray(img.convert("I") if img.mode not in ("L", "1") else img.convert("L")).astype(np.int64)
+        return arr.mean(axis=-1).round().astype(np.uint8)
+    if img.mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)  # native byte order whatever the file's
+    if img.mode in ("I", "F"):
+        return np.asarray(img)
+    return np.asarray(img.convert("L"))  # L, 1 (as 0/255), LA (alpha dropped)
 
 
 def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -117,13 +125,61 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
         Image.fromarray(arr).save(tmp, format="PNG")
 
 
-def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None) -> None:
-    """Save an array as NIfTI (``.nii`` or ``.nii.gz``) atomically with the given affine (identity by default)."""
+def nifti_spatial_header(header: Any, slice_index: int | None = None) -> Any:
+    """A copy of a NIfTI header for an output lying in its voxel grid: its spatial fields, nothing of its values.
+
+    Kept: the qform and sform with their codes (nibabel/MONAI place a file at its sform, ITK-based viewers such
+    as 3D Slicer and ITK-SNAP at its qform: both must find an output where they found its source), ``pixdim``,
+    ``xyzt_units``, ``dim_info``. Reset: scaling, display window (``cal_min``/``cal_max``), intent, description,
+    ``aux_file`` and extensions, which describe the source's values.
+
+    Args:
+        header: a ``nibabel`` ``Nifti1Header`` (or ``Nifti2Header``).
+        slice_index: for a 2D output holding slice ``k`` of the third voxel axis: both forms shifted to that slice.
+    """
+    hdr = header.copy()
+    hdr.set_slope_inter(1.0, 0.0)
+    hdr["cal_min"] = hdr["cal_max"] = 0
+    hdr.set_intent("none")
+    hdr["descrip"] = b""
+    hdr["aux_file"] = b""
+    hdr.extensions.clear()
+    if slice_index is not None:
+        shift = np.eye(4)
+        shift[2, 3] = slice_index
+        q_code, s_code = int(hdr["qform_code"]), int(hdr["sform_code"])
+        hdr.set_qform(hdr.get_qform() @ shift, code=q_code)
+        hdr.set_sform(hdr.get_sform() @ shift, code=s_code)
+    return hdr
+
+
+def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None,
+               header: Any = None) -> None:
+    """Save an array as NIfTI (``.nii`` or ``.nii.gz``) atomically.
+
+    Args:
+        path: the file.
+        array: the data, in its own type.
+        affine: voxel to world (identity by default), written as nibabel does (sform, code aligned).
+        header: a header from :func:`nifti_spatial_header`: its qform, sform, codes and units are written
+            unchanged and ``affine`` is ignored.
+    """
     import nibabel as nib
 
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    arr = np.asarray(array)
+    if header is not None:
+        hdr = header.copy()
+        hdr.set_data_dtype(arr.dtype)
+        zooms = hdr["pixdim"][1:4].copy()
+        hdr.set_data_shape(arr.shape)
+        # a 2D slice keeps its thickness: nibabel resets unused pixdims to 1, and the qform is built from them
+        hdr["pixdim"][1:4] = zooms
+        image_class = nib.Nifti2Image if isinstance(hdr, nib.Nifti2Header) else nib.Nifti1Image
+        img = image_class(arr, None, hdr)  # affine None: the header's forms are written as they are
+    else:
+        img = nib.Nifti1Image(arr, np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))
     with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(np.asarray(array), affine), str(tmp))
+        nib.save(img, str(tmp))
 
 
 def safe_join(root: str | os.PathLike, name: str) -> Path:

@@ -40,7 +40,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .datalist import DATALIST_NAME
-from .io import IMAGE_EXTENSIONS, DataPrepError, atomic_path, read_mask_2d, save_nifti, save_png, write_json
+from .io import (
+    IMAGE_EXTENSIONS,
+    DataPrepError,
+    atomic_path,
+    nifti_spatial_header,
+    read_mask_2d,
+    save_nifti,
+    save_png,
+    write_json,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -408,7 +417,9 @@ def read_label(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             data = np.asanyarray(img.dataobj)
         except Exception as e:  # nibabel raises many types for corrupt files
             raise DataPrepError(f"{path}: unreadable NIfTI label ({e})") from None
-        return _as_labels(data, str(path)), {"format": "nifti", "affine": img.affine, "dtype": data.dtype}
+        # the header travels with the label, so that the noisy copy keeps the source's qform, sform and codes
+        return _as_labels(data, str(path)), {"format": "nifti", "affine": img.affine, "dtype": data.dtype,
+                                             "header": nifti_spatial_header(img.header)}
     if name.endswith(".npy"):
         try:
             data = np.load(path, allow_pickle=False)
@@ -431,7 +442,7 @@ def write_label(path: str | os.PathLike, array: np.ndarray, meta: Mapping) -> No
     """Write a label in the format :func:`read_label` reported, atomically."""
     arr = np.asarray(array)
     if meta["format"] == "nifti":
-        save_nifti(path, arr.astype(meta["dtype"]), meta["affine"])
+        save_nifti(path, arr.astype(meta["dtype"]), meta["affine"], meta.get("header"))
     elif meta["format"] == "npy":
         with atomic_path(path, suffix=".npy") as tmp:
             np.save(tmp, arr.astype(meta["dtype"]))

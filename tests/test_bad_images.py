@@ -316,7 +316,7 @@ def test_adapt_channels_alpha_palette_and_colour_spaces():
 
     la = MetaTensor(torch.stack([torch.full((4, 5), 3.0), torch.full((4, 5), 9.0)]), meta={"mode": "LA"})
     assert torch.equal(AdaptChannels(1)(la), la[:1]) and torch.equal(AdaptChannels(3)(la)[2], la[0])
-    with pytest.raises(ValueError, match="2 channels"):  # two channels of a volume: not an alpha to drop
+    with pytest.raises(ValueError, match="holding 2 volumes"):  # two volumes of a NIfTI: not an alpha to drop
         AdaptChannels(1)(MetaTensor(torch.rand(2, 4, 5, 6), meta={"filename_or_obj": "two_modalities.nii.gz"}))
     for mode, match in (("P", "palette indices"), ("CMYK", "CMYK image")):
         with pytest.raises(ValueError, match=rf"scan\.png: .*{match}"):

@@ -17,16 +17,14 @@ from data_prep.convert import (
     Pair,
     Sample,
     assign_sections,
-    binary_mask,
-    class_mask,
     list_files,
     load_binary_pair,
     match_pairs,
     natural_sorted,
     run_conversion,
-    soft_mask,
 )
 from data_prep.io import DataPrepError
+from data_prep.masks import binary_mask, class_mask, soft_mask
 
 
 def _pairs_from(folder: Path, n: int, section: str = "training") -> list[Pair]:

@@ -42,6 +42,7 @@ class Case:
         files: DICOM only: the series' instance files.
         series_uid: DICOM only: the series' ``SeriesInstanceUID``.
         error: why the input cannot be predicted (an unreadable DICOM file); such a case is reported as failed.
+        volume: NIfTI only: the index along the 4th axis of a 4D file predicted volume by volume.
     """
 
     name: str
@@ -50,6 +51,7 @@ class Case:
     files: tuple[str, ...] = field(default=())
     series_uid: str | None = None
     error: str | None = None
+    volume: int | None = None
 
 
 def _read_header(path: Path):

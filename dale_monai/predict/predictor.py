@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from .checkpoint import load_weights
 from .dicom_seg import RAS_TO_LPS, write_dicom_seg
 from .files import safe_join
-from .inputs import Case, discover_cases
+from .inputs import Case, _unique, discover_cases
 from .overlay import overlay_rgb, write_overlay
 from .segments import Segment, bundle_segments
 from .summary import CaseResult, PredictionReport, mask_measures, write_summary
@@ -133,6 +134,43 @@ class Predictor:
         return (self.parser.get_parsed_content("preprocessing"), self.parser.get_parsed_content("inferer"),
                 self.parser.get_parsed_content("postprocessing"))
 
+    # ------------------------------------------------------------------------------------------- 4D NIfTI
+    def _volume_cases(self, cases: list[Case]) -> list[Case]:
+        """Each 4D NIfTI case whose volumes are not the network's channels, as one case per volume
+        (``<name>_vol<i>``, ``i`` from 0, zero-padded); other cases unchanged."""
+        import nibabel as nib
+
+        channels = self.parser.get("in_channels")
+        channels = int(self.parser.get_parsed_content("in_channels")) if channels is not None else None
+        out: list[Case] = []
+        for case in cases:
+            try:
+                shape = nib.load(case.source).shape if case.kind == "nifti" and not case.error else ()
+            except Exception:  # unreadable: the case fails in the bundle's loader, naming the file
+                shape = ()
+            n = int(shape[3]) if len(shape) >= 4 and all(int(s) == 1 for s in shape[4:]) else 1
+            if n <= 1 or n == channels:
+                out.append(case)
+                continue
+            width = len(str(n - 1))
+            out += [replace(case, name=f"{case.name}_vol{t:0{width}d}", volume=t) for t in range(n)]
+        return _unique(out)
+
+    @staticmethod
+    def _extract_volume(case: Case, stage: Path) -> str:
+        """Volume ``case.volume`` of the 4D NIfTI ``case.source`` as a 3D NIfTI in ``stage``, with the file's
+        header (qform, sform, codes, units), so that its mask is written with that header too."""
+        import nibabel as nib
+
+        img = nib.load(case.source)
+        if img.ndim < 4 or not 0 <= int(case.volume) < img.shape[3]:
+            raise ValueError(f"{case.source}: no volume {case.volume} (shape {img.shape})")
+        folder = stage / "volume"
+        folder.mkdir()
+        path = folder / f"{case.name}.nii.gz"
+        nib.save(img.slicer[(slice(None),) * 3 + (int(case.volume),)], str(path))
+        return str(path)
+
     # ------------------------------------------------------------------------------------------- one case
     def _infer(self, source: str, components: tuple) -> Any:
         """Run one input as the bundle's ``SupervisedEvaluator`` does; returns the postprocessed ``pred``."""
@@ -166,6 +204,8 @@ class Predictor:
             for i, f in enumerate(case.files):
                 _link(f, folder / f"{i:06d}.dcm")
             source = str(folder)
+        elif case.volume is not None:
+            source = self._extract_volume(case, stage)
         pred = self._infer(source, components)
         written = [p for p in mask_dir.iterdir() if p.is_file()] if mask_dir.is_dir() else []
         if len(written) != 1:
@@ -198,7 +238,7 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------- a run
     def predict_path(self, input: str | os.PathLike, output_dir: str | os.PathLike, overwrite: bool = False,
-                     overlay: bool = False, progress: bool = True) -> PredictionReport:
+                     overlay: bool = False, progress: bool = True, each_volume: bool = False) -> PredictionReport:
         """Predict every case under ``input`` into ``output_dir``.
 
         Outputs per case ``<name>``: ``<name>_seg.png`` (2D image files) or ``<name>_seg.nii.gz`` (NIfTI, DICOM),
@@ -212,6 +252,10 @@ class Predictor:
             overwrite: replace existing outputs.
             overlay: also write overlay PNGs.
             progress: show a progress bar (tqdm, on stderr) for more than one case.
+            each_volume: predict each volume of a 4D NIfTI whose 4th axis is not the network's channels as its
+                own case ``<name>_vol<i>`` (a 3D mask with the file's spatial header each); without it such a
+                file fails with a message naming it and its number of volumes (see
+                :class:`~dale_monai.bundle_transforms.AdaptChannels`).
 
         Raises:
             FileNotFoundError, ValueError: when ``input`` is missing or holds no input at all.
@@ -222,6 +266,8 @@ class Predictor:
         # an output folder inside (or equal to) the input holds earlier masks: not inputs
         cases = [c for c in discover_cases(input)
                  if not (Path(c.source).parent == out and _OWN_OUTPUT.search(Path(c.source).name))]
+        if each_volume:
+            cases = self._volume_cases(cases)
         out.mkdir(parents=True, exist_ok=True)
         report = PredictionReport([])
         stage_root = Path(tempfile.mkdtemp(prefix=".predict-", dir=out))
@@ -248,5 +294,6 @@ class Predictor:
             shutil.rmtree(stage_root, ignore_errors=True)
         info = {"bundle": str(self.bundle_dir), "bundle_name": self.name,
                 "bundle_version": self.metadata.get("version"), "checkpoint": str(self.checkpoint),
-                "device": str(self.device), "input": str(Path(input).expanduser().resolve()), "output_dir": str(out)}
+                "device": str(self.device), "input": str(Path(input).expanduser().resolve()), "output_dir": str(out),
+                "each_volume": each_volume}
         return write_summary(report, out, self.segments, info)

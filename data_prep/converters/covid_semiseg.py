@@ -34,17 +34,15 @@ from ..convert import (
     Skip,
     add_common_arguments,
     assign_sections,
-    binary_mask,
-    class_mask,
     image_2d,
     limit_items,
     list_files,
     match_pairs,
     require_dir,
     run_job,
-    soft_mask,
 )
 from ..io import DataPrepError, read_image_2d, read_mask_2d
+from ..masks import binary_mask, class_mask, soft_mask
 
 __all__ = ["add_parser", "convert", "find_dataset_root"]
 

@@ -3,8 +3,8 @@
 Images and masks may be PNG, JPEG, BMP or TIFF. A mask's stem may carry a suffix: with
 ``--mask-suffix S`` exactly ``<stem>S`` is expected; by default the stem itself, else one of
 ``_mask``, ``_segmentation``, ``_Segmentation``, ``_seg``, ``_label``, ``_gt``. Binary masks by default
-(0/1 or 0/255; JPEG masks thresholded); ``--classes C`` for class-index masks 0..C-1 (palette
-or grey). Fixed-seed ``--split``.
+(0/1, 0/255 or 0/65535, 8- or 16-bit; JPEG masks thresholded; ``--threshold`` for others, see
+:mod:`data_prep.masks`); ``--classes C`` for class-index masks 0..C-1 (palette or grey). Fixed-seed ``--split``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from ..convert import (
     add_common_arguments,
     assign_sections,
     binary_pairs,
-    class_mask,
     image_2d,
     limit_items,
     list_files,
@@ -30,6 +29,7 @@ from ..convert import (
     run_job,
 )
 from ..io import DataPrepError, read_image_2d, read_mask_2d
+from ..masks import class_mask
 
 __all__ = ["add_parser", "convert", "find_folder_pairs", "DEFAULT_MASK_SUFFIXES"]
 

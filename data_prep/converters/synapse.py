@@ -41,6 +41,7 @@ from ..convert import (
     run_job,
 )
 from ..io import DataPrepError
+from ..masks import class_mask
 
 __all__ = ["add_parser", "convert", "load_npz_slice", "load_h5_volume", "CLASS_NAMES"]
 
@@ -56,11 +57,7 @@ def _check(path: Path, image: np.ndarray, label: np.ndarray, ndim: int) -> tuple
         raise DataPrepError(f"{path}: image/label size mismatch ({image.shape} vs {label.shape})")
     if not np.isfinite(image).all():
         raise DataPrepError(f"{path}: image holds NaN or infinite values")
-    values = np.unique(label)
-    bad = values[(values < 0) | (values >= NUM_CLASSES) | (values != np.round(values))]
-    if bad.size:
-        raise DataPrepError(f"{path}: unexpected label values {bad[:8].tolist()} (expected 0..{NUM_CLASSES - 1})")
-    return image.astype(np.float32), label.astype(np.uint8)
+    return image.astype(np.float32), class_mask(label, path, NUM_CLASSES)
 
 
 def load_npz_slice(path: Path) -> Sample:

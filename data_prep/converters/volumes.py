@@ -7,8 +7,13 @@
 
 ``--masks DIR``: NIfTI label volumes matched by name (``<name>.nii.gz``, or with ``--mask-suffix``,
 by default also ``_mask``/``_seg``/``_label``/``_segmentation``), in the image's voxel grid (same
-shape and affine; for DICOM that of this converter's ``--mode 3d`` output). Without ``--masks`` the
-images are converted unlabelled.
+shape and affine; for DICOM that of this converter's ``--mode 3d`` output). Masks hold class indices,
+kept as they are; a binary mask stored as 0/255, 0/65535 or 0/type maximum becomes 0/1
+(:mod:`data_prep.masks`). Without ``--masks`` the images are converted unlabelled.
+
+A NIfTI source's spatial header (qform, sform, their codes, units) is kept on the converted image and
+its label (for a 2D slice, shifted to the slice), so that ITK-based viewers and nibabel/MONAI place
+them where they placed the source. A 4D NIfTI (several volumes) is skipped, naming its volume count.
 
 ``--mode 3d`` (default) writes NIfTI volumes; ``--mode 2d`` writes slices along the third voxel axis
 as ``--format nifti`` (default; raw values, the slice's affine) or ``png`` (the slice transposed so
@@ -24,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -39,7 +44,8 @@ from ..convert import (
     natural_sorted,
     run_job,
 )
-from ..io import DataPrepError
+from ..io import DataPrepError, nifti_spatial_header
+from ..masks import label_indices
 from .dicom_series import DicomSeries, find_series, read_slice, read_volume
 
 __all__ = ["add_parser", "convert_dicom", "convert_nifti", "Volume", "find_nifti_volumes", "find_masks",
@@ -58,6 +64,7 @@ class Volume:
     sources: tuple[str, ...]
     read: Callable[[], np.ndarray]
     read_slice: Callable[[int], np.ndarray]
+    header: Any = None  # a NIfTI source's header, whose spatial fields the outputs keep
 
 
 class _VolumeCache:
@@ -98,6 +105,10 @@ def _nifti_header(path: Path):
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
+    if len(shape) == 4:
+        raise DataPrepError(f"{path}: a 4D NIfTI holding {shape[3]} volumes (shape {'x'.join(map(str, shape))}); "
+                            "expected one 3D volume: extract the volume to convert (e.g. nibabel's "
+                            "img.slicer[..., i])")
     if len(shape) != 3:
         raise DataPrepError(f"{path}: expected a 3D volume, got shape {img.shape}")
     return img, shape
@@ -131,7 +142,7 @@ def find_nifti_volumes(src: Path, exclude: Path | None = None) -> tuple[list[Vol
         key = "_".join((*rel.parent.parts, _nifti_name(path)))
         cached = partial(_CACHE.get, str(path), partial(_read_nifti, path))
         volumes.append(Volume(key, shape, np.asarray(img.affine, dtype=np.float64), (str(path),), cached,
-                              lambda k, c=cached: c()[..., k]))
+                              lambda k, c=cached: c()[..., k], header=img.header))
     rank = {k: i for i, k in enumerate(natural_sorted(v.key for v in volumes))}
     return sorted(volumes, key=lambda v: rank[v.key]), skips
 
@@ -182,12 +193,10 @@ def apply_window(arr: np.ndarray, window: tuple[float, float] | None) -> np.ndar
     return ((np.clip(arr.astype(np.float32), lo, lo + width) - lo) / width).astype(np.float32)
 
 
-def _label_values(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.size and (arr.min() < 0 or not np.array_equal(arr, np.round(arr))):
-        raise DataPrepError(f"{path}: label values must be non-negative integers")
-    if arr.size and arr.max() > 65535:
-        raise DataPrepError(f"{path}: label values above 65535")
-    return arr.astype(np.uint8 if not arr.size or arr.max() < 256 else np.uint16)
+def _read_labels(mask: Path) -> np.ndarray:
+    """A mask volume's class indices: decoded over the whole volume, so that every slice of a 0/255 mask maps
+    255 to 1 even where a slice holds background only."""
+    return label_indices(_read_nifti(mask), mask)
 
 
 def _check_mask_geometry(volume: Volume, mask: Path) -> None:
@@ -202,8 +211,9 @@ def _check_mask_geometry(volume: Volume, mask: Path) -> None:
 
 def _load_3d(volume: Volume, mask: Path | None, window) -> Sample:
     image = apply_window(volume.read(), window)
-    label = _label_values(_read_nifti(mask), mask) if mask is not None else None
-    return Sample(image, label, affine=volume.affine)
+    label = label_indices(_read_nifti(mask), mask) if mask is not None else None
+    header = nifti_spatial_header(volume.header) if volume.header is not None else None
+    return Sample(image, label, affine=volume.affine, header=header)
 
 
 def _slice_affine(affine: np.ndarray, k: int) -> np.ndarray:
@@ -216,7 +226,7 @@ def _load_2d(volume: Volume, k: int, mask: Path | None, window, fmt: str) -> Sam
     image = apply_window(volume.read_slice(k), window)
     label = None
     if mask is not None:
-        label = _label_values(_CACHE.get(str(mask), partial(_read_nifti, mask))[..., k], mask)
+        label = _CACHE.get(f"labels:{mask}", partial(_read_labels, mask))[..., k]
     if fmt == "png":
         if window is not None:
             image = np.round(image * 255).astype(np.uint8)
@@ -227,8 +237,9 @@ def _load_2d(volume: Volume, k: int, mask: Path | None, window, fmt: str) -> Sam
                                 "do not fit a 16-bit PNG; give --window CENTER WIDTH or use --format nifti")
         # PNG loads in MONAI as (width, height): transposing keeps the volume's (x, y) order
         return Sample(image.T, None if label is None else label.T)
+    header = nifti_spatial_header(volume.header, slice_index=k) if volume.header is not None else None
     return Sample(image.astype(np.float32) if image.dtype == np.float64 else image, label,
-                  affine=_slice_affine(volume.affine, k))
+                  affine=_slice_affine(volume.affine, k), header=header)
 
 
 def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: list[Skip], notes: list[str]) -> int:

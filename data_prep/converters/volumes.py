@@ -1,8 +1,12 @@
 """3D scans: DICOM series and NIfTI volumes, kept 3D or cut into 2D slices.
 
 * ``dicom``: every series under ``--src`` (see :mod:`.dicom_series`: grouped by SeriesInstanceUID,
-  ordered by position, rescaled with RescaleSlope/Intercept, the affine from the DICOM geometry).
-  Its name is its folder under ``--src``.
+  ordered by position, decoded by the Modality LUT (RescaleSlope/Intercept: HU on CT) with MONOCHROME1
+  inverted and no VOI window, the affine from the DICOM geometry). Its name is its folder under ``--src``.
+  A gantry-tilted series keeps its exact, sheared affine (noted in the summary). A series that no affine
+  holds (uneven slice spacing, missing slices, positions off a line) is skipped naming the cause;
+  ``--resample-irregular`` instead resamples it, and tilted series too, onto a regular orthogonal grid
+  (linear interpolation at the smallest gap; see :mod:`data_prep.dicom_resample`), noted in the summary.
 * ``nifti``: every ``*.nii``/``*.nii.gz`` under ``--src``, its affine kept; named by its path.
 
 ``--masks DIR``: NIfTI label volumes matched by name (``<name>.nii.gz``, or with ``--mask-suffix``,
@@ -40,6 +44,8 @@ from ..convert import (
     run_job,
 )
 from ..io import DataPrepError
+from ..dicom_pixels import DECODING
+from ..dicom_resample import regular_grid, resample_to_grid
 from .dicom_series import DicomSeries, find_series, read_slice, read_volume
 
 __all__ = ["add_parser", "convert_dicom", "convert_nifti", "Volume", "find_nifti_volumes", "find_masks",
@@ -136,8 +142,20 @@ def find_nifti_volumes(src: Path, exclude: Path | None = None) -> tuple[list[Vol
     return sorted(volumes, key=lambda v: rank[v.key]), skips
 
 
-def _dicom_volume(series: DicomSeries) -> Volume:
+def _dicom_volume(series: DicomSeries, resample: bool, notes: list[str]) -> Volume:
+    """The series as a volume on its own grid, or (``resample`` and a tilted or irregular series) resampled onto a
+    regular orthogonal one; what was done to a tilted or resampled series goes into ``notes``."""
     sources = (str(series.files[0].parent),)
+    geometry = series.geometry
+    if resample and not geometry.orthogonal_regular:
+        grid = regular_grid(geometry)
+        notes.append(f"series {series.key} ({series.uid}): {grid.describe(geometry)}")
+        cached = partial(_CACHE.get, f"dicom-resampled:{series.uid}",
+                         lambda: resample_to_grid(read_volume(series), geometry, grid))
+        return Volume(series.key, grid.shape, grid.affine_ras, sources, cached, lambda k: cached()[..., k])
+    if geometry.tilted:
+        notes.append(f"series {series.key} ({series.uid}): {geometry.describe()}; written with its exact sheared "
+                     "affine (--resample-irregular resamples it onto an orthogonal grid)")
     return Volume(series.key, series.shape, series.affine, sources,
                   partial(read_volume, series), lambda k: read_slice(series.files[k], series.rows, series.columns))
 
@@ -231,7 +249,8 @@ def _load_2d(volume: Volume, k: int, mask: Path | None, window, fmt: str) -> Sam
                   affine=_slice_affine(volume.affine, k))
 
 
-def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: list[Skip], notes: list[str]) -> int:
+def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: list[Skip], notes: list[str],
+             settings: dict | None = None) -> int:
     if args.window is not None and args.window[1] <= 0:
         raise DataPrepError(f"--window {args.window[0]:g} {args.window[1]:g}: the width must be positive")
     masks: dict[str, Path] = {}
@@ -267,16 +286,26 @@ def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: 
                               has_label=mask is not None))
     fmt = "nifti" if args.mode == "3d" else args.format
     job = ConversionJob(name, args.src, pairs, skips, image_format=fmt, label_format=fmt, notes=notes,
-                        settings={"mode": args.mode, "format": fmt, "window": list(window) if window else None},
+                        settings={"mode": args.mode, "format": fmt, "window": list(window) if window else None,
+                                  **(settings or {})},
                         description=f"{name} volumes from {args.src} ({args.mode})")
     return run_job(job, args)
 
 
 def convert_dicom(args: argparse.Namespace) -> int:
     """``dicom``: series under ``--src`` → NIfTI volumes or 2D slices."""
-    series, skips = find_series(args.src)
-    return _convert("dicom", args, [_dicom_volume(s) for s in series], skips,
-                    [f"{len(series)} series found under {args.src}"])
+    resample = bool(getattr(args, "resample_irregular", False))
+    series, skips = find_series(args.src, allow_irregular=resample)
+    notes = [f"{len(series)} series found under {args.src}"]
+    volumes = []
+    for s in series:
+        try:
+            volumes.append(_dicom_volume(s, resample, notes))
+        except DataPrepError as e:  # a grid the smallest gap would make too large
+            skips.append(Skip((str(s.files[0]), f"and {len(s.files) - 1} more"), f"series {s.uid}: {e}"))
+    # the decoding is part of the files' contents: a conversion by an older decoding is not silently extended
+    settings = {"decoding": DECODING, **({"resample_irregular": True} if resample else {})}
+    return _convert("dicom", args, volumes, skips, notes, settings)
 
 
 def convert_nifti(args: argparse.Namespace) -> int:
@@ -301,6 +330,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dicom", help="DICOM series (3D NIfTI or 2D slices)", description=__doc__,
                               formatter_class=fmt)
     _add_volume_arguments(p)
+    p.add_argument("--resample-irregular", action="store_true",
+                   help="resample series with gantry tilt, uneven spacing or missing slices onto a regular "
+                        "orthogonal grid (default: tilted series keep their sheared affine, the others are skipped)")
     p.set_defaults(func=convert_dicom)
     p = subparsers.add_parser("nifti", help="NIfTI volumes with masks (3D or 2D slices)", description=__doc__,
                               formatter_class=fmt)

@@ -289,8 +289,9 @@ def _spacing_problem(gaps: np.ndarray, names: Sequence[str], misplacement: float
              f"{names[start + count]})" for start, count, mean in runs[:_MAX_RUNS_SHOWN]]
     if len(runs) > _MAX_RUNS_SHOWN:
         shown.append(f"and {len(runs) - _MAX_RUNS_SHOWN} more runs")
-    return ("uneven_spacing", f"uneven slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm): {', then '.join(shown)}; "
-                              f"one spacing of {mean_step:.3f} mm would misplace slices by up to {misplacement:.2f} mm")
+    return ("uneven_spacing",
+            f"uneven slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm): {', then '.join(shown)}; one spacing "
+            f"of {mean_step:.3f} mm would misplace slices by up to {misplacement:.2f} mm")
 
 
 def analyze_series(headers: Sequence[Any], names: Sequence[str]) -> SeriesGeometry:

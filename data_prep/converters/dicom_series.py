@@ -113,7 +113,8 @@ def find_series(src: Path, allow_irregular: bool = False) -> tuple[list[DicomSer
             continue
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-        if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        greyscale = photometric in ("MONOCHROME1", "MONOCHROME2")
+        if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1 or not greyscale:
             skips.append(Skip((str(path),), f"multi-frame or colour DICOM (NumberOfFrames {frames}, "
                                             f"SamplesPerPixel {ds.get('SamplesPerPixel', 1)}, PhotometricInterpretation "
                                             f"{photometric}) is not supported"))

@@ -188,6 +188,15 @@ class SeriesGeometry:
         normal = self.normal if self.normal is not None else np.array([0.0, 0.0, 1.0])
         return self._affine(normal * step)
 
+    def slice_affine_lps(self, k: int) -> np.ndarray:
+        """Voxel ``(column, row, 0)`` of slice ``k`` (in slice order) → LPS mm: exact for that slice whatever the
+        series' spacing; its third column is the normal times the slice's :meth:`slice_extents` (a 2D slice written
+        on its own, e.g. by ``data_prep dicom --mode 2d``)."""
+        normal = self.normal if self.normal is not None else np.array([0.0, 0.0, 1.0])
+        lps = self._affine(normal * float(self.slice_extents()[k]))
+        lps[:3, 3] = self.positions[k] if self.positions is not None else normal * float(self.along[k])
+        return lps
+
     def _affine(self, slice_vec: np.ndarray | None) -> np.ndarray:
         right, down = self._in_plane()
         if slice_vec is None:

@@ -101,6 +101,30 @@ def test_irregular_series_is_refused_naming_the_cause_or_resampled_on_request(tm
     assert any(case in n and "resampled" in n for n in summary["notes"])
 
 
+def test_2d_mode_writes_each_slice_of_an_irregular_series_with_its_own_exact_affine(tmp_path, capsys):
+    """2D slices need no common grid: the issue's uneven series converts slice by slice, no interpolation, each
+    slice NIfTI placed where DICOM puts it; masks cannot be matched to it and are refused naming why."""
+    positions = _z_positions([2.0] * 11 + [2.8] * 12)
+    stored = _field(positions, (1, 0, 0, 0, 1, 0))
+    write_dicom_slices(tmp_path / "src" / "ct", stored, positions, pixel_spacing=SPACING)
+    out = tmp_path / "out"
+    code, text = _run(capsys, "dicom", "--src", str(tmp_path / "src"), "--out", str(out), "--mode", "2d")
+    assert code == 0 and "converted 24" in text and "written as 2D slices, each with its own exact affine" in text
+    for k in (0, 10, 11, 12, 23):
+        img = nib.load(out / "images" / "ct" / f"ct_{k:04d}.nii.gz")
+        np.testing.assert_array_equal(np.asarray(img.dataobj).reshape(COLS, ROWS), stored[k].T)  # not interpolated
+        extent = 2.0 if k <= 10 else 2.4 if k == 11 else 2.8
+        want = np.diag([-SPACING[1], -SPACING[0], extent, 1.0])
+        want[:3, 3] = LPS_TO_RAS[:3, :3] @ positions[k]
+        np.testing.assert_allclose(img.affine, want, atol=1e-5)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((COLS, ROWS, 24), np.uint8), np.eye(4)), masks / "ct.nii.gz")
+    code, text = _run(capsys, "dicom", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "m"), "--mode", "2d",
+                      "--masks", str(masks))
+    assert "has no grid a mask could share" in text and "--resample-irregular" in text
+
+
 def test_check_reports_irregular_and_tilted_dicom_and_sheared_nifti(tmp_path, capsys):
     root = tmp_path / "ds"
     uneven = _z_positions([2.0] * 4 + [3.0] * 4)

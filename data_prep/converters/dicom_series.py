@@ -133,7 +133,8 @@ def find_series(src: Path, allow_irregular: bool = False) -> tuple[list[DicomSer
             continue
         if not geometry.has_affine and not allow_irregular:
             skips.append(Skip(named, f"series {uid} in {parent}: no affine holds its slices: {geometry.describe()} "
-                                     "(data_prep dicom --resample-irregular resamples it onto a regular grid)"))
+                                     "(data_prep dicom --resample-irregular resamples it onto a regular grid; "
+                                     "--mode 2d writes its slices as they are)"))
             continue
         base = _safe_name("_".join(rel.parts))
         found.append((base, items[0][1].get("SeriesNumber"), DicomSeries(uid, base, tuple(files), geometry)))

@@ -240,8 +240,9 @@ def _check_same(headers: Sequence[Any], names: Sequence[str]) -> tuple[int, int,
     spacings: dict[tuple[float, float], str] = {}
     for h, name in zip(headers, names):
         value = _floats(h.get("PixelSpacing"), 2)
-        key = (1.0, 1.0) if value is None else (round(float(value[0]), 4), round(float(value[1]), 4))
-        spacings.setdefault(key, name)
+        key = (1.0, 1.0) if value is None else (float(value[0]), float(value[1]))
+        if not any(np.allclose(key, seen, rtol=1e-4, atol=1e-6) for seen in spacings):
+            spacings[key] = name
     if len(spacings) > 1:
         shown = ", ".join(f"{a:g} x {b:g} mm ({name})" for (a, b), name in spacings.items())
         raise GeometryError(f"slices of mixed PixelSpacing: {shown}")

@@ -1,7 +1,9 @@
 """Transforms the bundles' configs use around MONAI's own: loading, input channels, sample checks, saving masks.
 
 - :class:`CheckedLoadImage` / :class:`CheckedLoadImaged`: MONAI's ``LoadImage(d)`` whose errors name the file (a
-  truncated PNG otherwise fails deep inside PIL with "image file is truncated" and no file name);
+  truncated PNG otherwise fails deep inside PIL with "image file is truncated" and no file name), and which reads
+  DICOM with :class:`~dale_monai.dicom_reader.DicomSeriesReader` (the decoding and geometry of ``data_prep dicom``,
+  so a bundle sees at inference the values it was trained on) instead of ITK;
 - :class:`AdaptChannels` / :class:`AdaptChannelsd`: give a loaded image the channel count the network was
   trained with (a grey CT slice into an RGB dermoscopy network, an RGB photo into a grey network, the alpha
   channel of an RGBA or grey+alpha PNG dropped), and reject a 2D image given to a 3D network, a palette/CMYK
@@ -84,15 +86,26 @@ class UnreadableImageError(ValueError):
 
 
 class CheckedLoadImage(LoadImage):
-    """MONAI's :class:`~monai.transforms.LoadImage` whose failures name the file.
+    """MONAI's :class:`~monai.transforms.LoadImage` whose failures name the file, and which reads DICOM as the
+    training data was converted.
 
     MONAI passes the reader's own exception through, and PIL's for a truncated PNG is ``OSError: image file is
-    truncated`` without the file's name: in a dataset of thousands of images that leaves the user guessing. The
+    truncated`` without the file's name: in a dataset of thousands of images that leaves the user guessing. Without
+    an explicit ``reader``, a DICOM folder or file is read by :class:`~dale_monai.dicom_reader.DicomSeriesReader`
+    (tried before MONAI's defaults), which decodes and places slices as ``python -m data_prep dicom`` does; MONAI's
+    default, ITK, places a gantry-tilted series on an orthogonal grid and stacks uneven slices at one spacing. The
     arguments are those of ``LoadImage``.
 
     Raises:
         UnreadableImageError: naming the file(s) and the reader's error (which stays chained as the cause).
     """
+
+    def __init__(self, reader: Any = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(reader, *args, **kwargs)
+        if reader is None:  # LoadImage tries the last registered reader first
+            from .dicom_reader import DicomSeriesReader
+
+            self.register(DicomSeriesReader())
 
     def __call__(self, filename: Sequence[PathLike] | PathLike, reader: Any = None):
         try:

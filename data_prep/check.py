@@ -6,12 +6,14 @@ reads every file a datalist names, once, with the same readers as the converters
 for DICOM folders, numpy for ``.npy``/``.npz``), and reports:
 
 * errors (exit code 1): unreadable or missing datalist, entry without ``image``, missing,
-  unreadable or truncated file, DICOM folder with mixed series or missing slices, image/label
+  unreadable or truncated file, DICOM folder with mixed series or with a slice geometry no affine holds (uneven
+  spacing or missing slices, named with the values and slices, as :mod:`data_prep.dicom_geometry` finds it), image/label
   size mismatch, label values outside the configured classes (a 0/255 or 0/65535 mask is named as such),
   soft labels under a key other than ``label_soft``, NaN/Inf intensities, an image smaller than
   ``--min-size`` or ``--patch-size``, a palette (mode ``P``) or CMYK/YCbCr/LAB/HSV image (MONAI loads
   palette indices or those values, not intensities);
 * warnings: constant image, single-pixel lesion, RGBA or grey+alpha image, a format this module cannot read,
+  a gantry-tilted DICOM series or a NIfTI with a sheared affine,
   the same image listed twice, the same image in training and in validation/test (leakage);
 * info: empty masks and 16-bit images, counted.
 
@@ -57,6 +59,8 @@ _WIDE_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # PIL modes whose values MONAI loads as they are stored, which are not grey/RGB intensities
 _PALETTE_MODES = ("P", "PA")
 _OTHER_COLOUR_MODES = ("CMYK", "YCbCr", "LAB", "HSV")
+# axes of a NIfTI affine further than this from perpendicular are sheared; float32 storage keeps far below
+_SHEAR_TOLERANCE_DEG = 0.01
 
 
 @dataclass(frozen=True)
@@ -241,11 +245,26 @@ def _load_dicom_folder(path: Path) -> _Loaded:
         raise DataPrepError(f"DICOM series rejected: {rejected[0].reason}")
     if not series:
         raise DataPrepError("folder holds no DICOM series")
+    if series[0].geometry.tilted:
+        notes.append((WARNING, "dicom_gantry_tilt", f"{series[0].geometry.describe()}; the volume's affine is "
+                                                    "sheared (data_prep dicom --resample-irregular gives an orthogonal "
+                                                    "grid)"))
     volume = read_volume(series[0])
     return _Loaded(volume, tuple(volume.shape), notes=notes)
 
 
-def _load_nifti(path: Path) -> _Loaded:
+def _shear_deg(affine: np.ndarray) -> float:
+    """Largest departure from 90 degrees between two spatial axes of ``affine``, in degrees."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(axes, axis=0)
+    if np.any(norms == 0):
+        return 0.0
+    unit = axes / norms
+    cosines = [abs(float(unit[:, i] @ unit[:, j])) for i, j in ((0, 1), (0, 2), (1, 2))]
+    return float(np.degrees(np.arcsin(min(1.0, max(cosines)))))
+
+
+def _load_nifti(path: Path, role: str) -> _Loaded:
     import nibabel as nib
 
     try:
@@ -254,7 +273,13 @@ def _load_nifti(path: Path) -> _Loaded:
     except Exception as e:  # nibabel/gzip raise many types for damaged or truncated files
         raise DataPrepError(f"unreadable or truncated NIfTI ({type(e).__name__}: {e})") from None
     shape = tuple(int(s) for s in arr.shape)
-    return _Loaded(arr, _squeeze_trailing(shape[:3] if len(shape) > 3 else shape))
+    notes: list[tuple[str, str, str]] = []
+    shear = _shear_deg(img.affine)
+    if role == "image" and shear > _SHEAR_TOLERANCE_DEG:  # its label shares the grid: one warning
+        notes.append((WARNING, "sheared_affine", f"its affine is sheared: two voxel axes are {90 - shear:.2f} degrees "
+                                                 "apart, not 90 (a gantry-tilted CT converted with its exact "
+                                                 "geometry); transforms that assume orthogonal axes misplace it"))
+    return _Loaded(arr, _squeeze_trailing(shape[:3] if len(shape) > 3 else shape), notes=notes)
 
 
 def _load_numpy(path: Path, role: str) -> _Loaded:
@@ -293,7 +318,7 @@ def _load(path: Path, role: str) -> _Loaded:
     if path.is_dir():
         return _load_dicom_folder(path)
     if name.endswith(NIFTI_EXTENSIONS):
-        return _load_nifti(path)
+        return _load_nifti(path, role)
     if name.endswith(NUMPY_EXTENSIONS):
         return _load_numpy(path, role)
     if name.endswith(IMAGE_EXTENSIONS):

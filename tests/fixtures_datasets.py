@@ -26,6 +26,9 @@ __all__ = [
     "make_mosmed",
     "make_synapse",
     "make_dicom_series",
+    "write_dicom_slices",
+    "pixel_positions",
+    "tilted_orientation",
 ]
 
 
@@ -236,3 +239,81 @@ def make_dicom_series(folder: Path, n: int = 4, rows: int = 6, columns: int = 5,
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
     return pixels, files
+
+
+def tilted_orientation(degrees: float, axis: str = "row") -> tuple[float, ...]:
+    """``ImageOrientationPatient`` of an axial plane tilted by ``degrees``: about the row axis (the columns rise
+    towards +z, as a CT gantry tilts) or about the column axis (the rows do)."""
+    c, s = float(np.cos(np.radians(degrees))), float(np.sin(np.radians(degrees)))
+    if axis == "row":
+        return (1.0, 0.0, 0.0, 0.0, c, s)
+    if axis == "column":
+        return (c, 0.0, s, 0.0, 1.0, 0.0)
+    raise ValueError(axis)
+
+
+def pixel_positions(position, orientation, pixel_spacing, rows: int, columns: int) -> np.ndarray:
+    """LPS position of every pixel of a slice, ``(rows, columns, 3)`` (DICOM PS3.3 C.7.6.2.1.1)."""
+    row_dir, col_dir = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
+    r, c = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
+    return (np.asarray(position, float) + c[..., None] * pixel_spacing[1] * row_dir
+            + r[..., None] * pixel_spacing[0] * col_dir)
+
+
+def write_dicom_slices(folder: Path, pixels: np.ndarray, positions, orientation=(1, 0, 0, 0, 1, 0),
+                       pixel_spacing=(0.8, 0.7), photometric: str = "MONOCHROME2", slope: float | None = None,
+                       intercept: float | None = None, modality_lut: tuple[int, np.ndarray] | None = None,
+                       bits_stored: int = 16, signed: bool = True, seed: int = 0,
+                       series_uid: str | None = None) -> list[dict]:
+    """A single-frame CT series, slice ``k`` holding the stored values ``pixels[k]`` at ``positions[k]``, written
+    in a shuffled order under opaque names (nothing may rely on file order or names).
+
+    Args:
+        pixels: stored values ``(slices, rows, columns)``.
+        positions: ``ImagePositionPatient`` of each slice (LPS mm).
+        modality_lut: ``(first stored value mapped, table)``: a ``ModalityLUTSequence`` instead of a rescale.
+
+    Returns:
+        per slice, in slice order: ``{"path", "uid", "position"}``.
+    """
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    series_uid, study_uid, frame_uid = series_uid or generate_uid(), generate_uid(), generate_uid()
+    n, rows, cols = pixels.shape
+    out: list[dict] = [{} for _ in range(n)]
+    for k in rng.permutation(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = folder / f"IM{rng.integers(1_000_000):06d}"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.PatientName, ds.PatientID, ds.Modality = "Test^Geometry", "P1", "CT"
+        ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "19700101", "O", "20240101", "120000"
+        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", ""
+        ds.SeriesNumber, ds.InstanceNumber = 1, int(k) + 1
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImagePositionPatient = [float(v) for v in positions[k]]
+        ds.PixelSpacing = [float(v) for v in pixel_spacing]
+        ds.SliceThickness = 2.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits_stored, bits_stored - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        if slope is not None:
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept or 0.0
+        if modality_lut is not None:
+            first, table = modality_lut
+            item = Dataset()
+            item.add_new("LUTDescriptor", "US", [len(table), int(first), 16])
+            item.add_new("LUTData", "US", [int(v) for v in table])
+            item.ModalityLUTType = "US"
+            ds.ModalityLUTSequence = [item]
+        ds.PixelData = pixels[k].astype(np.int16 if signed else np.uint16).tobytes()
+        ds.save_as(path, enforce_file_format=True)
+        out[k] = {"path": path, "uid": ds.SOPInstanceUID, "position": [float(v) for v in positions[k]]}
+    return out

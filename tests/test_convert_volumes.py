@@ -54,7 +54,8 @@ def test_dicom_rejected_series_are_named(tmp_path, capsys):
     series, skips = find_series(tmp_path / "src")
     assert [s.key for s in series] == ["ok"]
     reasons = " | ".join(s.reason for s in skips)
-    assert "in " + str(tmp_path / "src/gap") + ": missing slices between" in reasons and "gap 5.00 mm" in reasons
+    assert "in " + str(tmp_path / "src/gap") + ": no affine holds its slices: missing slices where the spacing is " \
+        "2.50 mm: 1 between" in reasons and "(a gap of 5.00 mm)" in reasons
     assert "missing slices (InstanceNumber jumps from 1" in reasons
     assert "slices of mixed sizes: " in reasons and "6x5 (" in reasons and "8x5 (" in reasons
     assert main(["dicom", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0

@@ -137,7 +137,8 @@ def test_measures_hold_for_oblique_anisotropic_grids(spacing, angle, count):
 def test_summary_files(tmp_path):
     report = PredictionReport([
         CaseResult("a", "/in/a.nii.gz", "ok", [str(tmp_path / "a_seg.nii.gz")],
-                   measures=mask_measures(np.ones((2, 2, 2), np.uint8), np.diag([1.0, 2.0, 3.0, 1.0]), ORGANS[:1])),
+                   measures=mask_measures(np.ones((2, 2, 2), np.uint8), np.diag([1.0, 2.0, 3.0, 1.0]), ORGANS[:1]),
+                   notes=["resampled", "because"]),
         CaseResult("b", "/in/b.png", "failed", error="UnidentifiedImageError: cannot identify image file 'b.png'"),
         CaseResult("c", "/in/c.png", "skipped", error="output exists: c_seg.png"),
     ])
@@ -145,7 +146,8 @@ def test_summary_files(tmp_path):
     rows = list(csv.DictReader(open(report.summary_csv)))
     assert [r["case"] for r in rows] == ["a", "b", "c"]
     assert list(rows[0]) == ["case", "input", "status", "output", "right_kidney_voxels", "right_kidney_area_mm2",
-                             "right_kidney_volume_ml", "error"]
+                             "right_kidney_volume_ml", "error", "notes"]
+    assert rows[0]["notes"] == "resampled | because" and rows[1]["notes"] == ""
     assert rows[0]["right_kidney_voxels"] == "8" and float(rows[0]["right_kidney_volume_ml"]) == pytest.approx(0.048)
     assert rows[0]["right_kidney_area_mm2"] == "" and rows[0]["error"] == ""
     assert rows[1]["status"] == "failed" and "b.png" in rows[1]["error"]
@@ -155,6 +157,7 @@ def test_summary_files(tmp_path):
     assert not report.ok
     text = report.describe()
     assert "1 succeeded, 1 failed, 1 skipped" in text and "FAILED  b" in text and "SKIPPED c" in text
+    assert "NOTE    a: resampled" in text and doc["cases"][0]["notes"] == ["resampled", "because"]
 
 
 # --------------------------------------------------------------------------------------------- discovery
@@ -202,8 +205,13 @@ def test_discovery_reports_series_with_missing_or_repeated_slices(tmp_path):
     write_series(tmp_path / "fine", rng.integers(0, 100, (3, 4, 4)))
     cases = {c.name: c for c in discover_cases(tmp_path)}
     assert cases["fine"].error is None
-    assert "missing slices between" in cases["gap"].error and "gap 5.00 mm, slice spacing 2.50 mm" in cases["gap"].error
-    assert "share the slice position" in cases["dup"].error and "copy.dcm" in cases["dup"].error
+    # missing slices are predictable (slice by slice, or resampled): the case carries the cause, not an error
+    gap = cases["gap"]
+    assert gap.error is None and gap.geometry.kinds == ("missing_slices",) and not gap.geometry.has_affine
+    assert "missing slices where the spacing is 2.50 mm: 1 between" in gap.geometry.describe()
+    assert "(a gap of 5.00 mm)" in gap.geometry.describe()
+    assert [dcmread(f).ImagePositionPatient[2] for f in gap.files] == [30.0, 32.5, 37.5, 40.0]  # slice order
+    assert "share one slice position" in cases["dup"].error and "copy.dcm" in cases["dup"].error
 
 
 def test_discovery_errors_and_skipped_objects(tmp_path):

@@ -4,6 +4,11 @@ A folder may hold image and NIfTI files (its top level) and DICOM files (anywher
 DICOM files are grouped by ``SeriesInstanceUID``, so a folder mixing several series gives one case per series
 and no two series are ever stacked into one volume. A DICOM file that cannot be read becomes a failed case that
 the run reports, instead of stopping the run.
+
+Each series' slices are placed by :func:`data_prep.dicom_geometry.analyze_series`, the same analysis
+``python -m data_prep dicom`` uses: the case holds the geometry (regular, gantry-tilted or irregular) and its files in
+slice order, and a series whose slices form no stack (mixed sizes, orientations or pixel spacings, two slices at one
+position, no order) is a failed case naming the cause before anything runs.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
+from data_prep.dicom_geometry import GeometryError, SeriesGeometry, analyze_series
 
 from dale_monai.bundle import INPUT_SUFFIXES, _is_dicom, _suffix
 
 from .files import safe_name
 
-__all__ = ["Case", "discover_cases", "series_problem", "IMAGE_KINDS", "NIFTI_SUFFIXES"]
+__all__ = ["Case", "discover_cases", "IMAGE_KINDS", "NIFTI_SUFFIXES"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: kinds of case: 2D image files (no physical spacing), NIfTI files, DICOM series
@@ -28,7 +33,8 @@ IMAGE_KINDS = ("image", "nifti", "dicom")
 _NOT_IMAGES = {"SEG", "SR", "RTSTRUCT", "PR", "KO", "DOC", "REG", "RTPLAN", "RTDOSE"}
 _DICOMDIR = "1.2.840.10008.1.3.10"
 _TAGS = ["SeriesInstanceUID", "SeriesNumber", "Modality", "SOPClassUID", "Rows", "Columns", "ImagePositionPatient",
-         "ImageOrientationPatient"]
+         "ImageOrientationPatient", "PixelSpacing", "InstanceNumber", "SpacingBetweenSlices", "SliceThickness",
+         "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames"]
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,11 @@ class Case:
         name: unique within the run and safe as a file name; outputs are ``<name>_seg.*``.
         source: the file, or for DICOM the folder holding the series (as the user will recognise it).
         kind: ``image`` (PNG/JPG/BMP/TIFF), ``nifti`` or ``dicom``.
-        files: DICOM only: the series' instance files.
+        files: DICOM only: the series' instance files, in slice order (``geometry``'s).
         series_uid: DICOM only: the series' ``SeriesInstanceUID``.
-        error: why the input cannot be predicted (an unreadable DICOM file); such a case is reported as failed.
+        geometry: DICOM only: where the slices lie (:class:`~data_prep.dicom_geometry.SeriesGeometry`).
+        error: why the input cannot be predicted (an unreadable DICOM file, slices that form no stack); such a case
+            is reported as failed.
         volume: NIfTI only: the index along the 4th axis of a 4D file predicted volume by volume.
     """
 
@@ -50,6 +58,7 @@ class Case:
     kind: str
     files: tuple[str, ...] = field(default=())
     series_uid: str | None = None
+    geometry: SeriesGeometry | None = field(default=None, compare=False, repr=False)
     error: str | None = None
     volume: int | None = None
 
@@ -60,45 +69,20 @@ def _read_header(path: Path):
     return dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
 
 
-def _floats(value, n: int) -> np.ndarray | None:
+def _series(headers: list, paths: list[Path]) -> tuple[tuple[str, ...], SeriesGeometry | None, str | None]:
+    """The series' files in slice order and its geometry, or (files, None, why it cannot be predicted)."""
+    for h, p in zip(headers, paths):
+        samples, frames = int(h.get("SamplesPerPixel", 1) or 1), int(h.get("NumberOfFrames", 1) or 1)
+        photometric = str(h.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        if samples != 1 or frames != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            return (tuple(str(q) for q in sorted(paths)), None,
+                    f"{p}: only single-frame greyscale slices are supported (SamplesPerPixel {samples}, "
+                    f"NumberOfFrames {frames}, PhotometricInterpretation {photometric})")
     try:
-        out = np.asarray([float(v) for v in value], float)
-    except (TypeError, ValueError):
-        return None
-    return out if out.shape == (n,) else None
-
-
-def series_problem(headers: list, paths: list[Path]) -> str | None:
-    """Why a series' slices cannot form one volume (mixed sizes or orientations, repeated positions, missing
-    slices), or None. ITK would read such a series into a volume with a wrong geometry without a word.
-
-    Args:
-        headers: the slices' pydicom headers (``Rows``, ``Columns``, ``ImagePositionPatient``,
-            ``ImageOrientationPatient``).
-        paths: their files, in the same order (named in the message).
-    """
-    sizes = {(h.get("Rows"), h.get("Columns")) for h in headers}
-    if len(sizes) > 1:
-        return f"slices of mixed sizes {sorted(sizes, key=str)}"
-    orients = [_floats(h.get("ImageOrientationPatient"), 6) for h in headers]
-    positions = [_floats(h.get("ImagePositionPatient"), 3) for h in headers]
-    if len(headers) < 2 or any(o is None for o in orients) or any(p is None for p in positions):
-        return None  # nothing to check against: ITK falls back to the instance order
-    if any(not np.allclose(o, orients[0], atol=1e-4) for o in orients):
-        return "slices of mixed orientations"
-    normal = np.cross(orients[0][:3], orients[0][3:])
-    along = np.array([float(p @ normal) for p in positions])
-    order = np.argsort(along)
-    gaps = np.diff(along[order])
-    if gaps.min() < 1e-3:
-        i = int(np.argmin(gaps))
-        return f"{paths[order[i]].name} and {paths[order[i + 1]].name} share the slice position {along[order[i]]:.2f} mm"
-    step = float(np.median(gaps))
-    if gaps.max() > 1.5 * step:
-        i = int(np.argmax(gaps))
-        return (f"missing slices between {paths[order[i]].name} and {paths[order[i + 1]].name} (gap "
-                f"{gaps[i]:.2f} mm, slice spacing {step:.2f} mm)")
-    return None
+        geometry = analyze_series(headers, [p.name for p in paths])
+    except GeometryError as e:
+        return tuple(str(q) for q in sorted(paths)), None, f"{e}; its slices cannot be stacked"
+    return tuple(str(paths[i]) for i in geometry.order), geometry, None
 
 
 def _dicom_cases(files: list[Path], root: Path) -> list[Case]:
@@ -133,10 +117,9 @@ def _dicom_cases(files: list[Path], root: Path) -> list[Case]:
             if len(uids) > 1:
                 number = headers[uid].get("SeriesNumber")
                 name = f"{base}_series{number}" if number not in (None, "") else f"{base}_{safe_name(uid[-12:])}"
-            problem = series_problem(slice_headers[uid], groups[uid])
-            out.append(Case(name, str(folder), "dicom", files=tuple(str(p) for p in sorted(groups[uid])),
-                            series_uid=uid, error=None if problem is None else
-                            f"DICOM series {uid} in {folder}: {problem}; it cannot be read as one volume"))
+            files, geometry, problem = _series(slice_headers[uid], groups[uid])
+            out.append(Case(name, str(folder), "dicom", files=files, series_uid=uid, geometry=geometry,
+                            error=None if problem is None else f"DICOM series {uid} in {folder}: {problem}"))
     return out
 
 

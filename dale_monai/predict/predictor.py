@@ -2,13 +2,17 @@
 
 The network, ``preprocessing``, ``inferer`` and ``postprocessing`` (``Invertd`` back to the input's grid, then the
 bundle's ``SaveMaskd``) are the bundle's config items, parsed with MONAI's ``ConfigParser``; nothing here
-preprocesses or resamples. Around them: case discovery, weights checked before the first case, per-case error
-isolation, DICOM SEG, overlays, a summary, and outputs that appear atomically under their final names.
+preprocesses. A DICOM series is decoded and placed as ``python -m data_prep dicom`` does (:mod:`.series`: the same
+geometry and pixel decoding as the training data) and given to the pipeline as a NIfTI volume; a series that no
+regular grid holds is predicted slice by slice (2D bundles) or resampled onto a regular grid (3D bundles), and the
+case's notes say so. Around them: case discovery, weights checked before the first case, per-case error isolation,
+DICOM SEG, overlays, a summary, and outputs that appear atomically under their final names.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,9 +32,12 @@ from .files import safe_join
 from .inputs import Case, _unique, discover_cases
 from .overlay import overlay_rgb, write_overlay
 from .segments import Segment, bundle_segments
+from .series import stage_series
 from .summary import CaseResult, PredictionReport, mask_measures, write_summary
 
 __all__ = ["Predictor"]
+
+logger = logging.getLogger(__name__)
 
 _SAVERS = ("SaveMaskd", "SaveImaged")
 _OWN_OUTPUT = re.compile(r"_(seg\.png|seg\.nii\.gz|overlay\.png)$")
@@ -47,16 +54,6 @@ def _reason(exc: BaseException) -> str:
     chosen = next((e for e in chain if str(e).strip() and not str(e).startswith("applying transform")), chain[-1])
     text = str(chosen).strip().splitlines()
     return f"{type(chosen).__name__}: {text[0] if text else ''}".strip(": ")
-
-
-def _link(src: str, dst: Path) -> None:
-    try:
-        os.symlink(src, dst)
-    except OSError:  # no symlinks (Windows without privilege): a hard link, else a copy
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
 
 
 class Predictor:
@@ -119,6 +116,15 @@ class Predictor:
         self.network.eval()
         num_classes = int(self.parser.get_parsed_content("num_classes"))
         self.segments: list[Segment] = bundle_segments(self.metadata, num_classes, source=str(meta_file))
+        self.spatial_dims = self._spatial_dims()
+
+    def _spatial_dims(self) -> int:
+        """2 when the network sees 2D slices (a volume is predicted slice by slice), else 3: the config's
+        ``spatial_dims``, else 2 for MONAI's ``SliceInferer``."""
+        if "spatial_dims" in self.parser:
+            return int(self.parser.get_parsed_content("spatial_dims"))
+        inferer = str(self.parser["inferer"].get("_target_", "")) if isinstance(self.parser["inferer"], dict) else ""
+        return 2 if inferer.rsplit(".", 1)[-1] == "SliceInferer" else 3
 
     # ------------------------------------------------------------------------------------------- components
     def _components(self, mask_dir: Path) -> tuple:
@@ -197,13 +203,13 @@ class Predictor:
                 result.status = "skipped"
                 result.error = f"output exists: {out / existing[0]} (pass --overwrite to replace it)"
                 return result
-        source = case.source
-        if case.kind == "dicom":  # one clean folder per series: ITK reads every file of a folder it is given
-            folder = stage / "series" / case.name
-            folder.mkdir(parents=True)
-            for i, f in enumerate(case.files):
-                _link(f, folder / f"{i:06d}.dcm")
-            source = str(folder)
+        source, series = case.source, None
+        if case.kind == "dicom":  # decoded and placed as data_prep does, whatever loader the bundle has
+            series = stage_series(case, stage / "input", self.spatial_dims)
+            source = str(series.path)
+            result.notes = list(series.notes)
+            for note in series.notes:
+                logger.info("%s: %s", case.name, note)
         elif case.volume is not None:
             source = self._extract_volume(case, stage)
         pred = self._infer(source, components)
@@ -211,16 +217,22 @@ class Predictor:
         if len(written) != 1:
             raise RuntimeError(f"the bundle's saver wrote {len(written)} files for one case (expected 1)")
         ext = ".nii.gz" if written[0].name.endswith(".nii.gz") else written[0].suffix
-        staged = {f"{case.name}_seg{ext}": written[0]}
+        staged = {f"{case.name}_seg{ext}": written[0]} if series is None or series.write_nifti else {}
         mask = np.rint(pred.detach().cpu().numpy()[0]).astype(np.uint8)
         affine = pred.affine.detach().cpu().numpy() if hasattr(pred, "affine") else None
-        result.measures = mask_measures(mask, affine if case.kind != "image" else None, self.segments)
-        if case.kind == "dicom":
-            space = str(pred.meta.get("space", "RAS")).upper()
-            lps = RAS_TO_LPS @ affine if space == "RAS" else affine
+        result.measures = mask_measures(mask, affine if case.kind != "image" else None, self.segments,
+                                        slice_extents=None if series is None else series.slice_extents)
+        if series is not None:
+            lps = series.affine_lps
+            if affine is not None:
+                space = str(pred.meta.get("space", "RAS")).upper()
+                returned = RAS_TO_LPS @ affine if space == "RAS" else affine
+                # the staged grid's float64 affine unless the pipeline returned the mask on another grid (the NIfTI
+                # header only rounds it to float32)
+                lps = lps if np.allclose(returned, lps, atol=1e-3) else returned
             name = f"{case.name}_seg.dcm"
             staged[name] = write_dicom_seg(stage / name, mask, lps, case.files, self.segments, self.name,
-                                           str(self.metadata.get("version", "")))
+                                           str(self.metadata.get("version", "")), frames_by=series.frames_by)
         if overlay:
             from monai.transforms import LoadImage
 

@@ -27,7 +27,8 @@ def _element_size(affine: np.ndarray, dims: int) -> float:
     return float(np.sqrt(abs(np.linalg.det(jac.T @ jac))))
 
 
-def mask_measures(mask: np.ndarray, affine: np.ndarray | None, segments: Sequence[Segment]) -> dict[str, dict]:
+def mask_measures(mask: np.ndarray, affine: np.ndarray | None, segments: Sequence[Segment],
+                  slice_extents: Sequence[float] | None = None) -> dict[str, dict]:
     """Size of each segment in a label map.
 
     A mask with two spatial axes, or three whose last has one slice (a single DICOM slice), is measured as an
@@ -39,6 +40,9 @@ def mask_measures(mask: np.ndarray, affine: np.ndarray | None, segments: Sequenc
         affine: voxel-to-world affine in mm, ``(n + 1, n + 1)`` for ``n >= 2`` spatial axes; None when the input
             carries no physical spacing (PNG, JPG...): only voxel counts are given.
         segments: the labels to measure.
+        slice_extents: for a 3D stack whose slices are unevenly spaced (no affine holds it): each slice's thickness
+            along its normal, mm; the volume is then the sum over slices of the in-plane area (from the affine's
+            first two columns) times that thickness.
 
     Returns:
         segment name → ``{"voxels": int, "area_mm2": float | None, "volume_ml": float | None}``; the measure that
@@ -48,11 +52,21 @@ def mask_measures(mask: np.ndarray, affine: np.ndarray | None, segments: Sequenc
     if arr.ndim not in (2, 3):
         raise ValueError(f"mask_measures: expected a 2D or 3D label map, got shape {arr.shape}")
     planar = arr.ndim == 2 or arr.shape[-1] == 1
+    weights = None
+    if slice_extents is not None and not planar:
+        extents = np.asarray(slice_extents, dtype=np.float64)
+        if arr.ndim != 3 or extents.shape != (arr.shape[-1],):
+            raise ValueError(f"mask_measures: {extents.shape[0]} slice extents for a mask of shape {arr.shape}")
+        weights = None if affine is None else _element_size(affine, 2) * extents
     element = None if affine is None else _element_size(affine, 2 if planar else 3)
     out = {}
     for seg in segments:
-        n = int(np.count_nonzero(arr == seg.value))
-        physical = None if element is None else n * element
+        hit = arr == seg.value
+        n = int(np.count_nonzero(hit))
+        if weights is not None:
+            physical = float(hit.reshape(-1, arr.shape[-1]).sum(axis=0) @ weights)
+        else:
+            physical = None if element is None else n * element
         out[seg.name] = {"voxels": n,
                          "area_mm2": physical if planar else None,
                          "volume_ml": None if planar or physical is None else physical / 1000.0}
@@ -71,6 +85,7 @@ class CaseResult:
         error: why it failed or was skipped.
         series_uid: DICOM only: the input series' ``SeriesInstanceUID``.
         measures: see :func:`mask_measures`.
+        notes: what was done to the input and why (a DICOM series predicted slice by slice or resampled).
     """
 
     case: str
@@ -80,6 +95,7 @@ class CaseResult:
     error: str = ""
     series_uid: str | None = None
     measures: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,6 +127,7 @@ class PredictionReport:
                  f"{len(self.with_status('skipped'))} skipped (of {len(self.cases)})"]
         lines += [f"  FAILED  {c.case}: {c.error}" for c in self.with_status("failed")]
         lines += [f"  SKIPPED {c.case}: {c.error}" for c in self.with_status("skipped")]
+        lines += [f"  NOTE    {c.case}: {note}" for c in self.cases for note in c.notes]
         if self.summary_csv is not None:
             lines.append(f"summary: {self.summary_csv} and {self.summary_json}")
         return "\n".join(lines)
@@ -125,7 +142,8 @@ def write_summary(report: PredictionReport, output_dir: str | os.PathLike, segme
     """Write ``summary.csv`` and ``summary.json`` for the run into ``output_dir`` (replacing a previous run's).
 
     The CSV has one row per case: ``case, input, status, output`` (files separated by ``;``), then per segment
-    ``<name>_voxels, <name>_area_mm2, <name>_volume_ml`` (spaces in names become ``_``), then ``error``.
+    ``<name>_voxels, <name>_area_mm2, <name>_volume_ml`` (spaces in names become ``_``), then ``error`` and ``notes``
+    (separated by `` | ``).
 
     Args:
         report: the run's results; its summary paths are set.
@@ -137,7 +155,7 @@ def write_summary(report: PredictionReport, output_dir: str | os.PathLike, segme
     header = ["case", "input", "status", "output"]
     for seg in segments:
         header += [f"{_column(seg.name)}_voxels", f"{_column(seg.name)}_area_mm2", f"{_column(seg.name)}_volume_ml"]
-    header.append("error")
+    header += ["error", "notes"]
     csv_path, json_path = out / SUMMARY_CSV, out / SUMMARY_JSON
     with atomic_path(csv_path, overwrite=True) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -148,7 +166,7 @@ def write_summary(report: PredictionReport, output_dir: str | os.PathLike, segme
                 m = c.measures.get(seg.name, {})
                 row += ["" if m.get(k) is None else (f"{m[k]:.6g}" if isinstance(m[k], float) else m[k])
                         for k in ("voxels", "area_mm2", "volume_ml")]
-            row.append(c.error)
+            row += [c.error, " | ".join(c.notes)]
             writer.writerow(row)
     counts = {s: len(report.with_status(s)) for s in ("ok", "failed", "skipped")}
     doc = {**(run_info or {}), "counts": counts, "cases": [asdict(c) for c in report.cases]}

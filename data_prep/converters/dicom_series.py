@@ -1,11 +1,13 @@
 """DICOM series: find them in a folder tree, order their slices, check them, read them.
 
-Slices are grouped by ``SeriesInstanceUID`` and ordered by ``ImagePositionPatient`` projected on
-the slice normal (from ``ImageOrientationPatient``), falling back to ``InstanceNumber``. A series
-with slices of mixed sizes or orientations, duplicate positions or a gap in positions (missing
-slices) is rejected with a message naming it. Volumes are ``(columns, rows, slices)`` so that the
-first voxel axis runs along a DICOM row, and the affine maps voxels to RAS millimetres (the
-NIfTI convention; DICOM positions are LPS).
+Slices are grouped by ``SeriesInstanceUID``, then placed by :func:`data_prep.dicom_geometry.analyze_series` (ordered
+along the slice normal, or by ``InstanceNumber``; regular, gantry-tilted or irregular) and decoded by
+:func:`data_prep.dicom_pixels.decode_pixels` (Modality LUT, MONOCHROME1 inverted, no VOI LUT): the same geometry and
+decoding as ``python -m dale_monai predict``. Volumes are ``(columns, rows, slices)`` so that the first voxel axis
+runs along a DICOM row, and the affine maps voxels to RAS millimetres (the NIfTI convention; DICOM positions are
+LPS). A gantry-tilted series gets its exact, sheared affine. A series no affine holds (uneven spacing, missing
+slices, positions off a line) is rejected naming the cause, unless ``allow_irregular`` (its :attr:`DicomSeries.affine`
+then raises, and it must be resampled: :mod:`data_prep.dicom_resample`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..convert import Skip, natural_sorted
+from ..dicom_geometry import LPS_TO_RAS, GeometryError, SeriesGeometry, analyze_series
+from ..dicom_pixels import decode_pixels
 from ..io import DataPrepError
 
-__all__ = ["DicomSeries", "find_series", "read_slice", "read_volume"]
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+__all__ = ["DicomSeries", "find_series", "read_slice", "read_volume", "LPS_TO_RAS"]
 
 
 @dataclass(frozen=True)
@@ -31,30 +33,35 @@ class DicomSeries:
     Args:
         uid: ``SeriesInstanceUID``.
         key: output name, from the series' folder (safe characters only).
-        files: slice files in order along the slice normal.
-        rows: ``Rows``.
-        columns: ``Columns``.
-        affine: voxel ``(column, row, slice)`` → RAS mm.
+        files: slice files in slice order (:attr:`geometry`'s).
+        geometry: where the slices lie (:func:`~data_prep.dicom_geometry.analyze_series`).
     """
 
     uid: str
     key: str
     files: tuple[Path, ...]
-    rows: int
-    columns: int
-    affine: np.ndarray
+    geometry: SeriesGeometry
+
+    @property
+    def rows(self) -> int:
+        return self.geometry.rows
+
+    @property
+    def columns(self) -> int:
+        return self.geometry.columns
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.columns, self.rows, len(self.files))
 
+    @property
+    def affine(self) -> np.ndarray:
+        """Voxel ``(column, row, slice)`` → RAS mm (sheared for a gantry-tilted series).
 
-def _floats(value, n: int) -> np.ndarray | None:
-    try:
-        arr = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    return arr if arr.shape == (n,) else None
+        Raises:
+            GeometryError: when no affine holds the series (found only with ``allow_irregular``).
+        """
+        return self.geometry.affine_ras()
 
 
 def _header(path: Path):
@@ -66,75 +73,26 @@ def _header(path: Path):
         return None
 
 
-def _order(uid: str, items: list[tuple[Path, object]], where: str) -> tuple[list[Path], np.ndarray]:
-    """Order a series' slices and build its affine; raises DataPrepError for an inconsistent series."""
-    first = items[0][1]
-    sizes = {(int(ds.Rows), int(ds.Columns)) for _, ds in items}
-    if len(sizes) > 1:
-        examples = {}
-        for p, ds in items:
-            examples.setdefault((int(ds.Rows), int(ds.Columns)), p.name)
-        shown = ", ".join(f"{r}x{c} ({name})" for (r, c), name in examples.items())
-        raise DataPrepError(f"series {uid} in {where}: slices of mixed sizes: {shown}")
-    spacing = _floats(first.get("PixelSpacing", [1.0, 1.0]), 2)
-    spacing = np.ones(2) if spacing is None else spacing
-    orientations = [_floats(ds.get("ImageOrientationPatient"), 6) for _, ds in items]
-    positions = [_floats(ds.get("ImagePositionPatient"), 3) for _, ds in items]
-    if all(o is not None for o in orientations) and all(p is not None for p in positions):
-        if any(not np.allclose(o, orientations[0], atol=1e-4) for o in orientations):
-            raise DataPrepError(f"series {uid} in {where}: slices of mixed orientations")
-        row_dir, col_dir = orientations[0][:3], orientations[0][3:]
-        normal = np.cross(row_dir, col_dir)
-        along = np.asarray([float(np.dot(p, normal)) for p in positions])
-        order = np.argsort(along, kind="stable")
-        files = [items[i][0] for i in order]
-        along, pos = along[order], [positions[i] for i in order]
-        if len(files) > 1:
-            gaps = np.diff(along)
-            step = float(np.median(gaps))
-            if gaps.min() < 1e-3:
-                i = int(np.argmin(gaps))
-                raise DataPrepError(f"series {uid} in {where}: {files[i].name} and {files[i + 1].name} share "
-                                    f"one slice position ({along[i]:.3f} mm)")
-            if gaps.max() > 1.5 * step:
-                i = int(np.argmax(gaps))
-                raise DataPrepError(
-                    f"series {uid} in {where}: missing slices between {files[i].name} and {files[i + 1].name} "
-                    f"(gap {gaps[i]:.2f} mm, slice spacing {step:.2f} mm)"
-                )
-            slice_vec = (pos[-1] - pos[0]) / (len(files) - 1)
-        else:
-            thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
-            slice_vec = normal * thickness
-        lps = np.eye(4)
-        lps[:3, 0] = row_dir * spacing[1]  # along a row: the column index grows, spaced by PixelSpacing[1]
-        lps[:3, 1] = col_dir * spacing[0]
-        lps[:3, 2] = slice_vec
-        lps[:3, 3] = pos[0]
-        return files, LPS_TO_RAS @ lps
-    numbers = [ds.get("InstanceNumber") for _, ds in items]
-    if any(n is None for n in numbers):
-        raise DataPrepError(f"series {uid} in {where}: neither ImagePositionPatient nor InstanceNumber on every "
-                            "slice, so the slices cannot be ordered")
-    numbers = [int(n) for n in numbers]
-    order = np.argsort(numbers, kind="stable")
-    files, numbers = [items[i][0] for i in order], [numbers[i] for i in order]
-    for a, b, fa, fb in zip(numbers, numbers[1:], files, files[1:]):
-        if b == a:
-            raise DataPrepError(f"series {uid} in {where}: {fa.name} and {fb.name} share InstanceNumber {a}")
-        if b != a + 1:
-            raise DataPrepError(f"series {uid} in {where}: missing slices (InstanceNumber jumps from {a} in "
-                                f"{fa.name} to {b} in {fb.name})")
-    thickness = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
-    return files, LPS_TO_RAS @ np.diag([spacing[1], spacing[0], thickness, 1.0])
+def _order(uid: str, items: list[tuple[Path, object]], where: str) -> tuple[list[Path], SeriesGeometry]:
+    """Order a series' slices; raises GeometryError (a DataPrepError) for slices that form no stack."""
+    try:
+        geometry = analyze_series([ds for _, ds in items], [p.name for p, _ in items])
+    except GeometryError as e:
+        raise GeometryError(f"series {uid} in {where}: {e}") from None
+    return [items[i][0] for i in geometry.order], geometry
 
 
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "series"
 
 
-def find_series(src: Path) -> tuple[list[DicomSeries], list[Skip]]:
+def find_series(src: Path, allow_irregular: bool = False) -> tuple[list[DicomSeries], list[Skip]]:
     """Every DICOM series under ``src``; files that are not DICOM images and rejected series are skipped.
+
+    Args:
+        src: the folder to search (recursively).
+        allow_irregular: also return series that no affine holds (uneven spacing, missing slices, positions off a
+            line), for the caller to resample; by default they are skipped with the cause.
 
     Raises:
         DataPrepError: ``src`` is not a folder.
@@ -154,9 +112,12 @@ def find_series(src: Path) -> tuple[list[DicomSeries], list[Skip]]:
             skips.append(Skip((str(path),), "DICOM file without an image (no Rows/Columns/SeriesInstanceUID)"))
             continue
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        greyscale = photometric in ("MONOCHROME1", "MONOCHROME2")
+        if frames > 1 or int(ds.get("SamplesPerPixel", 1)) != 1 or not greyscale:
             skips.append(Skip((str(path),), f"multi-frame or colour DICOM (NumberOfFrames {frames}, "
-                                            f"SamplesPerPixel {ds.get('SamplesPerPixel', 1)}) is not supported"))
+                                            f"SamplesPerPixel {ds.get('SamplesPerPixel', 1)}, PhotometricInterpretation "
+                                            f"{photometric}) is not supported"))
             continue
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     found: list[tuple[str, object, DicomSeries]] = []
@@ -164,16 +125,19 @@ def find_series(src: Path) -> tuple[list[DicomSeries], list[Skip]]:
         parents = {p.parent for p, _ in items}
         parent = parents.pop() if len(parents) == 1 else Path(*_common_parts([p for p, _ in items]))
         rel = parent.relative_to(src) if src in parent.parents else Path(src.name)
+        named = (str(items[0][0]),) if len(items) == 1 else (str(items[0][0]), f"and {len(items) - 1} more")
         try:
-            files, affine = _order(uid, items, str(parent))
+            files, geometry = _order(uid, items, str(parent))
         except DataPrepError as e:
-            named = (str(items[0][0]),) if len(items) == 1 else (str(items[0][0]), f"and {len(items) - 1} more")
             skips.append(Skip(named, str(e)))
             continue
-        first = items[0][1]
+        if not geometry.has_affine and not allow_irregular:
+            skips.append(Skip(named, f"series {uid} in {parent}: no affine holds its slices: {geometry.describe()} "
+                                     "(data_prep dicom --resample-irregular resamples it onto a regular grid; "
+                                     "--mode 2d writes its slices as they are)"))
+            continue
         base = _safe_name("_".join(rel.parts))
-        found.append((base, first.get("SeriesNumber"),
-                      DicomSeries(uid, base, tuple(files), int(first.Rows), int(first.Columns), affine)))
+        found.append((base, items[0][1].get("SeriesNumber"), DicomSeries(uid, base, tuple(files), geometry)))
     # several series in one folder: told apart by SeriesNumber when that is unique, else by UID
     series_list = []
     for base, number, series in found:
@@ -181,7 +145,7 @@ def find_series(src: Path) -> tuple[list[DicomSeries], list[Skip]]:
         if len(twins) > 1:
             unique = number is not None and twins.count(number) == 1
             key = f"{base}_s{_safe_name(str(number))}" if unique else f"{base}_{_safe_name(series.uid[-12:])}"
-            series = DicomSeries(series.uid, key, series.files, series.rows, series.columns, series.affine)
+            series = DicomSeries(series.uid, key, series.files, series.geometry)
         series_list.append(series)
     order = {k: i for i, k in enumerate(natural_sorted(s.key for s in series_list))}
     return sorted(series_list, key=lambda s: order[s.key]), skips
@@ -198,23 +162,26 @@ def _common_parts(paths: list[Path]) -> tuple[str, ...]:
 
 
 def read_slice(path: Path, rows: int, columns: int) -> np.ndarray:
-    """One slice as float32 ``(columns, rows)`` with ``RescaleSlope``/``RescaleIntercept`` applied."""
+    """One slice as float32 ``(columns, rows)``, decoded by :func:`~data_prep.dicom_pixels.decode_pixels`.
+
+    Raises:
+        DataPrepError: unreadable or undecodable file, or pixel data of another size.
+    """
     import pydicom
 
     try:
         ds = pydicom.dcmread(path)
-        pixels = np.asarray(ds.pixel_array)
-    except Exception as e:  # truncated or undecodable pixel data: pydicom raises several types
-        raise DataPrepError(f"{path}: cannot decode its pixel data ({type(e).__name__}: {e})") from None
+    except Exception as e:  # damaged files: pydicom raises several types
+        raise DataPrepError(f"{path}: unreadable DICOM file ({type(e).__name__}: {e})") from None
+    pixels = decode_pixels(ds, path)
     if pixels.shape != (rows, columns):
         raise DataPrepError(f"{path}: pixel data of shape {pixels.shape}, expected {rows}x{columns}")
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)).T
+    return pixels.T
 
 
 def read_volume(series: DicomSeries) -> np.ndarray:
-    """The series as ``(columns, rows, slices)``: int16 when the rescaled values are integers that fit, else float32."""
+    """The series as ``(columns, rows, slices)`` in slice order: int16 when the decoded values are integers that
+    fit, else float32."""
     vol = np.stack([read_slice(p, series.rows, series.columns) for p in series.files], axis=-1)
     if np.array_equal(vol, np.round(vol)) and vol.min() >= -32768 and vol.max() <= 32767:
         return vol.astype(np.int16)

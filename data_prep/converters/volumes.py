@@ -1,8 +1,14 @@
 """3D scans: DICOM series and NIfTI volumes, kept 3D or cut into 2D slices.
 
 * ``dicom``: every series under ``--src`` (see :mod:`.dicom_series`: grouped by SeriesInstanceUID,
-  ordered by position, rescaled with RescaleSlope/Intercept, the affine from the DICOM geometry).
-  Its name is its folder under ``--src``.
+  ordered by position, decoded by the Modality LUT (RescaleSlope/Intercept: HU on CT) with MONOCHROME1
+  inverted and no VOI window, the affine from the DICOM geometry). Its name is its folder under ``--src``.
+  A gantry-tilted series keeps its exact, sheared affine (noted in the summary). A series that no affine
+  holds (uneven slice spacing, missing slices, positions off a line) is never written with one: in
+  ``--mode 2d`` each slice is written with its own exact affine (noted); in ``--mode 3d`` it is skipped naming
+  the cause, unless ``--resample-irregular``, which resamples it, and tilted series too, onto a regular
+  orthogonal grid (linear interpolation at the smallest gap; see :mod:`data_prep.dicom_resample`), noted in
+  the summary. Masks cannot be matched to a series no affine holds (no grid to compare): such pairs are skipped.
 * ``nifti``: every ``*.nii``/``*.nii.gz`` under ``--src``, its affine kept; named by its path.
 
 ``--masks DIR``: NIfTI label volumes matched by name (``<name>.nii.gz``, or with ``--mask-suffix``,
@@ -46,7 +52,9 @@ from ..convert import (
 )
 from ..io import DataPrepError, nifti_spatial_header
 from ..masks import label_indices
-from .dicom_series import DicomSeries, find_series, read_slice, read_volume
+from ..dicom_pixels import DECODING
+from ..dicom_resample import regular_grid, resample_to_grid
+from .dicom_series import LPS_TO_RAS, DicomSeries, find_series, read_slice, read_volume
 
 __all__ = ["add_parser", "convert_dicom", "convert_nifti", "Volume", "find_nifti_volumes", "find_masks",
            "apply_window"]
@@ -56,15 +64,20 @@ MASK_SUFFIXES = ("_mask", "_seg", "_label", "_segmentation")
 
 @dataclass(frozen=True)
 class Volume:
-    """A source scan: its name, shape, affine and how to read it whole or one slice at a time."""
+    """A source scan: its name, shape, affine and how to read it whole or one slice at a time.
+
+    ``affine`` is None for a DICOM series that no affine holds (uneven spacing, missing slices): it is then only
+    written as 2D slices, each with its own ``slice_affines[k]``.
+    """
 
     key: str
     shape: tuple[int, int, int]
-    affine: np.ndarray
+    affine: np.ndarray | None
     sources: tuple[str, ...]
     read: Callable[[], np.ndarray]
     read_slice: Callable[[int], np.ndarray]
     header: Any = None  # a NIfTI source's header, whose spatial fields the outputs keep
+    slice_affines: np.ndarray | None = None
 
 
 class _VolumeCache:
@@ -147,10 +160,32 @@ def find_nifti_volumes(src: Path, exclude: Path | None = None) -> tuple[list[Vol
     return sorted(volumes, key=lambda v: rank[v.key]), skips
 
 
-def _dicom_volume(series: DicomSeries) -> Volume:
+def _dicom_volume(series: DicomSeries, resample: bool, notes: list[str]) -> Volume:
+    """The series as a volume on its own grid, or (``resample`` and a tilted or irregular series) resampled onto a
+    regular orthogonal one, or (an irregular series otherwise, only given in 2D mode) a stack of slices with their
+    own affines; what was done to a series that is not regular goes into ``notes``."""
     sources = (str(series.files[0].parent),)
-    return Volume(series.key, series.shape, series.affine, sources,
-                  partial(read_volume, series), lambda k: read_slice(series.files[k], series.rows, series.columns))
+    geometry = series.geometry
+    slice_of = partial(_dicom_slice, series)
+    if resample and not geometry.orthogonal_regular:
+        grid = regular_grid(geometry)
+        notes.append(f"series {series.key} ({series.uid}): {grid.describe(geometry)}")
+        cached = partial(_CACHE.get, f"dicom-resampled:{series.uid}",
+                         lambda: resample_to_grid(read_volume(series), geometry, grid))
+        return Volume(series.key, grid.shape, grid.affine_ras, sources, cached, lambda k: cached()[..., k])
+    if not geometry.has_affine:
+        notes.append(f"series {series.key} ({series.uid}): {geometry.describe()}; written as 2D slices, each with "
+                     "its own exact affine")
+        affines = np.stack([LPS_TO_RAS @ geometry.slice_affine_lps(k) for k in range(geometry.num_slices)])
+        return Volume(series.key, series.shape, None, sources, partial(read_volume, series), slice_of, affines)
+    if geometry.tilted:
+        notes.append(f"series {series.key} ({series.uid}): {geometry.describe()}; written with its exact sheared "
+                     "affine (--resample-irregular resamples it onto an orthogonal grid)")
+    return Volume(series.key, series.shape, series.affine, sources, partial(read_volume, series), slice_of)
+
+
+def _dicom_slice(series: DicomSeries, k: int) -> np.ndarray:
+    return read_slice(series.files[k], series.rows, series.columns)
 
 
 def _volume_key(name: str, keys: set[str], suffix: str | None) -> str:
@@ -200,6 +235,10 @@ def _read_labels(mask: Path) -> np.ndarray:
 
 
 def _check_mask_geometry(volume: Volume, mask: Path) -> None:
+    if volume.affine is None:
+        raise DataPrepError(f"{mask}: the series {', '.join(volume.sources)} has no grid a mask could share (its "
+                            "slices are unevenly spaced or missing); convert it with --resample-irregular and give "
+                            "masks on that grid")
     img, shape = _nifti_header(mask)
     if shape != volume.shape:
         raise DataPrepError(f"{mask}: mask of shape {shape} for an image of shape {volume.shape} "
@@ -239,10 +278,12 @@ def _load_2d(volume: Volume, k: int, mask: Path | None, window, fmt: str) -> Sam
         return Sample(image.T, None if label is None else label.T)
     header = nifti_spatial_header(volume.header, slice_index=k) if volume.header is not None else None
     return Sample(image.astype(np.float32) if image.dtype == np.float64 else image, label,
-                  affine=_slice_affine(volume.affine, k), header=header)
+                  affine=_slice_affine(volume.affine, k) if volume.slice_affines is None else volume.slice_affines[k],
+                  header=header)
 
 
-def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: list[Skip], notes: list[str]) -> int:
+def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: list[Skip], notes: list[str],
+             settings: dict | None = None) -> int:
     if args.window is not None and args.window[1] <= 0:
         raise DataPrepError(f"--window {args.window[0]:g} {args.window[1]:g}: the width must be positive")
     masks: dict[str, Path] = {}
@@ -278,16 +319,27 @@ def _convert(name: str, args: argparse.Namespace, volumes: list[Volume], skips: 
                               has_label=mask is not None))
     fmt = "nifti" if args.mode == "3d" else args.format
     job = ConversionJob(name, args.src, pairs, skips, image_format=fmt, label_format=fmt, notes=notes,
-                        settings={"mode": args.mode, "format": fmt, "window": list(window) if window else None},
+                        settings={"mode": args.mode, "format": fmt, "window": list(window) if window else None,
+                                  **(settings or {})},
                         description=f"{name} volumes from {args.src} ({args.mode})")
     return run_job(job, args)
 
 
 def convert_dicom(args: argparse.Namespace) -> int:
     """``dicom``: series under ``--src`` → NIfTI volumes or 2D slices."""
-    series, skips = find_series(args.src)
-    return _convert("dicom", args, [_dicom_volume(s) for s in series], skips,
-                    [f"{len(series)} series found under {args.src}"])
+    resample = bool(getattr(args, "resample_irregular", False))
+    # slices written one by one need no common grid: each gets its own exact affine
+    series, skips = find_series(args.src, allow_irregular=resample or args.mode == "2d")
+    notes = [f"{len(series)} series found under {args.src}"]
+    volumes = []
+    for s in series:
+        try:
+            volumes.append(_dicom_volume(s, resample, notes))
+        except DataPrepError as e:  # a grid the smallest gap would make too large
+            skips.append(Skip((str(s.files[0]), f"and {len(s.files) - 1} more"), f"series {s.uid}: {e}"))
+    # the decoding is part of the files' contents: a conversion by an older decoding is not silently extended
+    settings = {"decoding": DECODING, **({"resample_irregular": True} if resample else {})}
+    return _convert("dicom", args, volumes, skips, notes, settings)
 
 
 def convert_nifti(args: argparse.Namespace) -> int:
@@ -312,6 +364,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("dicom", help="DICOM series (3D NIfTI or 2D slices)", description=__doc__,
                               formatter_class=fmt)
     _add_volume_arguments(p)
+    p.add_argument("--resample-irregular", action="store_true",
+                   help="resample series with gantry tilt, uneven spacing or missing slices onto a regular "
+                        "orthogonal grid (default: tilted series keep their sheared affine; the others are written "
+                        "as 2D slices with their own affines in --mode 2d, skipped in --mode 3d)")
     p.set_defaults(func=convert_dicom)
     p = subparsers.add_parser("nifti", help="NIfTI volumes with masks (3D or 2D slices)", description=__doc__,
                               formatter_class=fmt)

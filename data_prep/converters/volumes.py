@@ -177,7 +177,8 @@ def _dicom_volume(series: DicomSeries, resample: bool, notes: list[str]) -> Volu
         notes.append(f"series {series.key} ({series.uid}): {geometry.describe()}; written as 2D slices, each with "
                      "its own exact affine")
         affines = np.stack([LPS_TO_RAS @ geometry.slice_affine_lps(k) for k in range(geometry.num_slices)])
-        return Volume(series.key, series.shape, None, sources, partial(read_volume, series), slice_of, affines)
+        return Volume(series.key, series.shape, None, sources, partial(read_volume, series), slice_of,
+                      slice_affines=affines)
     if geometry.tilted:
         notes.append(f"series {series.key} ({series.uid}): {geometry.describe()}; written with its exact sheared "
                      "affine (--resample-irregular resamples it onto an orthogonal grid)")

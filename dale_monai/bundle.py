@@ -1,4 +1,4 @@
-"""Helpers that the bundle configs call: where the bundle lives, and the dataset it needs.
+"""Helpers that the bundle configs call: where the bundle lives, the dataset it needs, what a run wrote.
 
 Bundles hold configuration only; the few expressions they need beyond MONAI's components live here so
 they are tested once instead of being repeated as ``$`` code in every config.
@@ -18,6 +18,7 @@ __all__ = [
     "find_inputs",
     "image_items",
     "inference_datalist",
+    "training_report",
     "INPUT_SUFFIXES",
 ]
 
@@ -215,3 +216,33 @@ def inference_datalist(input_dir: str | os.PathLike | None, dataset_dir: str, pr
     if input_dir:
         return find_inputs(input_dir)
     return load_datalist(dataset_dir, "test", prepare_command)
+
+
+def training_report(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike) -> str:
+    """The end-of-training summary of a bundle: where its outputs are, naming only files that exist.
+
+    An output that is absent is said to be absent, with the likely reason, instead of being named: e.g. a run
+    stopped before its first validation saved no model and wrote no validation metrics.
+
+    Args:
+        ckpt_dir: the bundle's ``models`` folder (``model.pt``, ``checkpoint_last.pt``).
+        output_dir: the bundle's ``eval`` folder (``metrics.csv``).
+        log_dir: the TensorBoard folder (event files ``events.out.tfevents.*``).
+
+    Returns:
+        the lines to print, starting with an empty line.
+    """
+    model = Path(ckpt_dir) / "model.pt"
+    last = Path(ckpt_dir) / "checkpoint_last.pt"
+    metrics = Path(output_dir) / "metrics.csv"
+    logs = Path(log_dir)
+    no_validation = "none: no validation ran"
+    rows = [
+        ("model (best validation Dice)", str(model) if model.is_file() else f"{no_validation}, so no model was saved"),
+        ("last checkpoint (resume)", str(last) if last.is_file() else "none: no epoch was completed"),
+        ("validation metrics", str(metrics) if metrics.is_file() else no_validation),
+        ("logs (TensorBoard)", str(logs) if logs.is_dir() and any(logs.glob("events.out.tfevents.*"))
+         else "none written"),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(["", "Training finished.", *(f"  {label + ':':<{width}} {value}" for label, value in rows)])

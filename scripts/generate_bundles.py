@@ -236,7 +236,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "inferer": {"_target_": "SimpleInferer"},
             "postprocessing": _postprocessing(binary, ds),
             "handlers": [
-                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+                # every val_interval epochs and after the last one, so that every run saves a model
+                {"_target_": "dale_monai.handlers.validation.EpochValidationHandler", "validator": "@validate#evaluator",
                  "interval": "@val_interval"},
                 {"_target_": "dale_monai.handlers.progress.ProgressBarHandler",
                  "output_keys": ["loss", "loss_nonfuzzy", "loss_fuzzy", "omega_mean"]},
@@ -314,12 +315,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
         "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
         "training": "@run",
-        "finalize": [
-            "$print('\\n'.join(['', 'Training finished.', '  model (best validation Dice): ' + os.path.join(@ckpt_dir, "
-            "'model.pt'), '  last checkpoint (resume):     ' + os.path.join(@ckpt_dir, 'checkpoint_last.pt'), "
-            "'  validation metrics:           ' + os.path.join(@output_dir, 'metrics.csv'), "
-            "'  logs (TensorBoard):           ' + @log_dir]))"
-        ],
+        # names only the outputs that exist (a run stopped before validating saved no model)
+        "finalize": ["$print(dale_monai.bundle.training_report(@ckpt_dir, @output_dir, @log_dir))"],
     }
     return cfg
 
@@ -363,7 +360,11 @@ def multi_gpu_overlay(bb: dict) -> dict:
         "validate#evaluator#val_handlers": "$dale_monai.distributed.handlers_for_rank(@validate#handlers)",
         "initialize": ["$dale_monai.distributed.init_distributed(@device)", "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
-        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+        "finalize": [
+            "$(not dist.is_initialized() or dist.get_rank() == 0) and "
+            "print(dale_monai.bundle.training_report(@ckpt_dir, @output_dir, @log_dir))",
+            "$dist.is_initialized() and dist.destroy_process_group()",
+        ],
     }
 
 
@@ -607,7 +608,7 @@ evaluation and inference stop with a message quoting the command above.
 The run id `run` does the same (MONAI Label uses it). Override anything on the command line, e.g.
 `--num_epochs 50 --batch_size 16 --device "$torch.device('cpu')" --dataset_dir /data/mine --dale#tau 0.8
 --dale#alpha 0.05 --dale#omega_reduction sum`. Training shows a progress bar, validates every `val_interval`
-({ds['val_interval']}) epochs and writes:
+({ds['val_interval']}) epochs and after the last one (so a short run also saves a model), and writes:
 
 - `models/model.pt`: the best validation Dice, a plain `state_dict` (`torch.load(..., weights_only=True)`);
 - `models/checkpoint_last.pt`: model, optimizer and trainer state after every epoch; resume with `--resume true`;

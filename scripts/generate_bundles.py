@@ -390,12 +390,16 @@ def inference_config(name: str, ds: dict, bb: dict) -> dict:
         "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
         **{k: common[k] for k in ("dataset_dir", "prepare_command")},
         "input_dir": None,
-        "datalist": "$dale_monai.bundle.inference_datalist(@input_dir, @dataset_dir, @prepare_command)",
+        # listed when the evaluator first iterates them: parsing the config (check_properties, MONAI Label, the
+        # model zoo's CI) needs no dataset, and a missing one is reported when inference runs without --input_dir
+        "datalist": "$dale_monai.bundle.DeferredList(dale_monai.bundle.inference_datalist, @input_dir, @dataset_dir, "
+                    "@prepare_command)",
         **{k: common[k] for k in ("device", "spatial_dims", "spatial_size", "in_channels", "out_channels",
                                   "num_classes", "network_def", "network")},
         "preprocessing": _inference_pre(ds, with_label=False),
-        "dataset": {"_target_": "Dataset", "data": "$dale_monai.bundle.image_items(@datalist)",
-                    "transform": "@preprocessing"},
+        # iterable: the evaluator does not ask for its length when it is built, which would list the inputs
+        "dataset": {"_target_": "IterableDataset", "data": "$dale_monai.bundle.DeferredList(dale_monai.bundle.image_items, "
+                    "@datalist)", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": _inferer(ds),
@@ -430,8 +434,9 @@ def evaluate_overlay(ds: dict) -> dict:
     binary = _binary(ds)
     return {
         "test_section": "test",
-        "datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, @test_section, @prepare_command)",
-        "dataset#data": "$[{'image': d['image'], 'label': d['label']} for d in @datalist]",
+        "datalist": "$dale_monai.bundle.DeferredList(dale_monai.bundle.load_datalist, @dataset_dir, @test_section, "
+                    "@prepare_command)",
+        "dataset#data": "$dale_monai.bundle.DeferredList(dale_monai.bundle.image_items, @datalist, ['image', 'label'])",
         "preprocessing": _inference_pre(ds, with_label=True),
         "postprocessing": {"_target_": "Compose", "transforms": _restore_to_input(binary)},
         "handlers": [
@@ -651,7 +656,8 @@ and `eval/test_summary.json` (mean, std, n per metric).{test_note}
     python -m monai.bundle run {_cli(name, 'inference.json')} --input_dir DIR
 
 or `--datalist "['a.png', 'b.nii.gz']"` (or the path of a JSON list or datalist). Without either it predicts the
-dataset's test images. Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
+dataset's test images; only then is the dataset read (loading the config, MONAI's `check_properties` and MONAI
+Label need none). Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
 `models/model.pt` (`--ckpt_path FILE`).
 
 For pipelines, the same configs behind one command that takes a file, a folder or a folder of DICOM series

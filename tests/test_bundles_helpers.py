@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from PIL import Image
 
-from dale_monai.bundle import find_inputs, image_items, training_report
+from dale_monai.bundle import DatasetNotFoundError, DeferredList, find_inputs, image_items, training_report
 from dale_monai.bundle_transforms import AdaptChannels, AdaptChannelsd, SaveMaskd
 from dale_monai.distributed import ResumeOnly, handlers_for_rank, init_distributed
 from dale_monai.evaluation import CaseMetricsSaver
@@ -67,6 +67,40 @@ def test_image_items(tmp_path):
         image_items([str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="empty"):
         image_items([])
+
+
+def test_image_items_keeps_the_requested_keys(tmp_path):
+    for name in ("a.png", "a_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    entry = {"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_seg.png"), "label_soft": "unused"}
+    assert image_items([entry], keys=("image", "label")) == [{"image": entry["image"], "label": entry["label"]}]
+    with pytest.raises(ValueError, match="has no label path"):
+        image_items([{"image": entry["image"]}], keys=("image", "label"))
+    with pytest.raises(FileNotFoundError, match="datalist label .*missing.png"):
+        image_items([{"image": entry["image"], "label": str(tmp_path / "missing.png")}], keys=("image", "label"))
+
+
+def test_deferred_list_computes_once_on_first_use_and_retries_after_an_error(tmp_path):
+    calls = []
+
+    def listing(folder, section="test"):
+        calls.append(section)
+        if not (folder / "ready").exists():
+            raise DatasetNotFoundError(f"no dataset in {folder}")
+        return ({"image": str(i)} for i in range(3))  # any iterable: kept as a list
+
+    deferred = DeferredList(listing, tmp_path, section="validation")
+    assert not deferred.resolved and calls == [] and "pending" in repr(deferred)
+    with pytest.raises(DatasetNotFoundError, match="no dataset"):
+        len(deferred)
+    assert not deferred.resolved  # an error is not cached
+    (tmp_path / "ready").touch()
+    assert len(deferred) == 3 and deferred[1] == {"image": "1"} and [d["image"] for d in deferred] == ["0", "1", "2"]
+    assert deferred[-2:] == [{"image": "1"}, {"image": "2"}]
+    assert calls == ["validation", "validation"] and deferred.resolved and "3 items" in repr(deferred)
+    # nested: a deferred list of the items of another one stays pending until iterated
+    items = DeferredList(image_items, DeferredList(lambda: [str(tmp_path / "ready")]))
+    assert not items.resolved and list(items) == [{"image": str(tmp_path / "ready")}]
 
 
 def test_training_report_names_only_outputs_that_exist(tmp_path):

@@ -1,4 +1,4 @@
-"""Helpers that the bundle configs call: where the bundle lives, and the dataset it needs.
+"""Helpers that the bundle configs call: where the bundle lives, the dataset it needs, what a run wrote.
 
 Bundles hold configuration only; the few expressions they need beyond MONAI's components live here so
 they are tested once instead of being repeated as ``$`` code in every config.
@@ -9,15 +9,19 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "bundle_root",
     "load_datalist",
     "DatasetNotFoundError",
+    "DeferredList",
     "find_inputs",
     "image_items",
     "inference_datalist",
+    "training_report",
     "INPUT_SUFFIXES",
 ]
 
@@ -163,16 +167,18 @@ def find_inputs(input_dir: str | os.PathLike) -> list[str]:
     return out
 
 
-def image_items(datalist: str | os.PathLike | list) -> list[dict]:
+def image_items(datalist: str | os.PathLike | Sequence, keys: Sequence[str] = ("image",)) -> list[dict]:
     """Inference items ``[{"image": path}, ...]`` from a list of paths or dicts, or a JSON file.
 
     Args:
         datalist: a list of paths or of dicts with an ``image`` key; or the path of a JSON file holding such a list,
             or a MONAI datalist whose ``test`` (else ``testing``) section is taken. Relative paths in a JSON file
             are relative to its folder.
+        keys: the path keys each item keeps, ``image`` first (evaluation keeps ``("image", "label")``); a plain
+            path is the image.
 
     Raises:
-        ValueError: for an empty list, or an entry without an image.
+        ValueError: for an empty list, or an entry without one of ``keys``.
         FileNotFoundError: for a listed input that does not exist.
     """
     base = Path.cwd()
@@ -191,14 +197,17 @@ def image_items(datalist: str | os.PathLike | list) -> list[dict]:
         datalist, base = doc, path.parent
     items = []
     for entry in datalist:
-        image = entry.get("image") if isinstance(entry, dict) else entry
-        if not isinstance(image, (str, os.PathLike)):
-            raise ValueError(f"datalist entry {entry!r} has no image path")
-        p = Path(image).expanduser()
-        p = p if p.is_absolute() else base / p
-        if not p.exists():
-            raise FileNotFoundError(f"datalist input {p} does not exist")
-        items.append({"image": str(p)})
+        item = {}
+        for key in keys:
+            value = entry.get(key) if isinstance(entry, dict) else (entry if key == keys[0] else None)
+            if not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"datalist entry {entry!r} has no {key} path")
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else base / p
+            if not p.exists():
+                raise FileNotFoundError(f"datalist {key} {p} does not exist")
+            item[key] = str(p)
+        items.append(item)
     if not items:
         raise ValueError("the inference datalist is empty")
     return items
@@ -215,3 +224,83 @@ def inference_datalist(input_dir: str | os.PathLike | None, dataset_dir: str, pr
     if input_dir:
         return find_inputs(input_dir)
     return load_datalist(dataset_dir, "test", prepare_command)
+
+
+class DeferredList(Sequence):
+    """A list computed on first use, ``func(*args, **kwargs)``, then kept.
+
+    The bundles' inference and evaluation inputs are built with it, so that parsing a config and instantiating its
+    dataset and evaluator touch no file: MONAI's ``check_properties``, the model zoo's CI and MONAI Label read an
+    inference config where no dataset exists. The inputs are listed, and a missing dataset is reported
+    (:class:`DatasetNotFoundError`), when the evaluator first iterates them. Wrapped in an ``IterableDataset``,
+    nothing asks for the length before that: MONAI's ``Workflow`` then leaves ``epoch_length`` to Ignite, which
+    counts the first epoch.
+
+    A call that raises is not cached: the next access calls ``func`` again (e.g. after the dataset was prepared).
+
+    Args:
+        func: returns the items (any sequence; it is copied into a list).
+        args, kwargs: its arguments, themselves evaluated when the config is parsed.
+    """
+
+    def __init__(self, func: Callable[..., Sequence], *args: Any, **kwargs: Any) -> None:
+        self.func, self.args, self.kwargs = func, args, kwargs
+        self._items: list | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the items were computed."""
+        return self._items is not None
+
+    def resolve(self) -> list:
+        """The items, computed on the first call.
+
+        Raises:
+            whatever ``func`` raises (e.g. :class:`DatasetNotFoundError`).
+        """
+        if self._items is None:
+            self._items = list(self.func(*self.args, **self.kwargs))
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self.resolve())
+
+    def __getitem__(self, index):
+        return self.resolve()[index]
+
+    def __iter__(self) -> Iterator:
+        return iter(self.resolve())
+
+    def __repr__(self) -> str:
+        name = getattr(self.func, "__qualname__", repr(self.func))
+        return f"DeferredList({name}, {len(self._items)} items)" if self.resolved else f"DeferredList({name}, pending)"
+
+
+def training_report(ckpt_dir: str | os.PathLike, output_dir: str | os.PathLike, log_dir: str | os.PathLike) -> str:
+    """The end-of-training summary of a bundle: where its outputs are, naming only files that exist.
+
+    An output that is absent is said to be absent, with the likely reason, instead of being named: e.g. a run
+    stopped before its first validation saved no model and wrote no validation metrics.
+
+    Args:
+        ckpt_dir: the bundle's ``models`` folder (``model.pt``, ``checkpoint_last.pt``).
+        output_dir: the bundle's ``eval`` folder (``metrics.csv``).
+        log_dir: the TensorBoard folder (event files ``events.out.tfevents.*``).
+
+    Returns:
+        the lines to print, starting with an empty line.
+    """
+    model = Path(ckpt_dir) / "model.pt"
+    last = Path(ckpt_dir) / "checkpoint_last.pt"
+    metrics = Path(output_dir) / "metrics.csv"
+    logs = Path(log_dir)
+    no_validation = "none: no validation ran"
+    rows = [
+        ("model (best validation Dice)", str(model) if model.is_file() else f"{no_validation}, so no model was saved"),
+        ("last checkpoint (resume)", str(last) if last.is_file() else "none: no epoch was completed"),
+        ("validation metrics", str(metrics) if metrics.is_file() else no_validation),
+        ("logs (TensorBoard)", str(logs) if logs.is_dir() and any(logs.glob("events.out.tfevents.*"))
+         else "none written"),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(["", "Training finished.", *(f"  {label + ':':<{width}} {value}" for label, value in rows)])

@@ -54,12 +54,33 @@ __all__ = [
     "assign_sections",
     "add_common_arguments",
     "command_options",
+    "IMAGE_FILES_HELP",
+    "image_files_help",
 ]
 
 MANIFEST_NAME = ".data_prep.json"
 STANDARD_SECTIONS = ("training", "validation", "test")
 FORMATS = {"png": ".png", "nifti": ".nii.gz"}
 MAX_PRINTED_SKIPS = 20
+
+
+def image_files_help(subject: str = "Image and mask files") -> str:
+    """What :func:`list_files` accepts, for the help of every converter reading 2D image files (an ``epilog``).
+
+    Args:
+        subject: the files it speaks of, e.g. ``"Image and mask files"``.
+
+    Returns:
+        a paragraph wrapped at 100 columns, naming every suffix of :data:`~data_prep.io.IMAGE_EXTENSIONS`.
+    """
+    import textwrap
+
+    return textwrap.fill(f"{subject} may be PNG, JPEG, BMP or TIFF ({', '.join(IMAGE_EXTENSIONS)}), whatever the "
+                         "suffixes of the layout shown above; an image and its mask are matched by file stem.",
+                         width=100)
+
+
+IMAGE_FILES_HELP = image_files_help()
 
 
 @dataclass
@@ -137,6 +158,8 @@ class ConversionJob:
         labels: class index → name, written into the datalist.
         description: one line written into the datalist.
         notes: lines printed and recorded in the summary (choices the converter made).
+        sections: the sections the datalist always lists, even when empty (further ones are listed when a pair
+            goes there); a converter given only part of a dataset passes the parts it found.
     """
 
     dataset: str
@@ -150,6 +173,7 @@ class ConversionJob:
     labels: dict[str, str] | None = None
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    sections: tuple[str, ...] = STANDARD_SECTIONS
 
 
 @dataclass
@@ -287,7 +311,7 @@ def run_conversion(job: ConversionJob, out_dir: str | os.PathLike, overwrite: bo
 
     from tqdm import tqdm
 
-    sections: dict[str, list[dict]] = {s: [] for s in STANDARD_SECTIONS}
+    sections: dict[str, list[dict]] = {s: [] for s in job.sections}
     label_stats: dict[str, LabelSummary] = {}
     skipped = list(job.skipped)
     converted = reused = 0

@@ -236,7 +236,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "inferer": {"_target_": "SimpleInferer"},
             "postprocessing": _postprocessing(binary, ds),
             "handlers": [
-                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+                # every val_interval epochs and after the last one, so that every run saves a model
+                {"_target_": "dale_monai.handlers.validation.EpochValidationHandler", "validator": "@validate#evaluator",
                  "interval": "@val_interval"},
                 {"_target_": "dale_monai.handlers.progress.ProgressBarHandler",
                  "output_keys": ["loss", "loss_nonfuzzy", "loss_fuzzy", "omega_mean"]},
@@ -314,12 +315,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
         "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
         "training": "@run",
-        "finalize": [
-            "$print('\\n'.join(['', 'Training finished.', '  model (best validation Dice): ' + os.path.join(@ckpt_dir, "
-            "'model.pt'), '  last checkpoint (resume):     ' + os.path.join(@ckpt_dir, 'checkpoint_last.pt'), "
-            "'  validation metrics:           ' + os.path.join(@output_dir, 'metrics.csv'), "
-            "'  logs (TensorBoard):           ' + @log_dir]))"
-        ],
+        # names only the outputs that exist (a run stopped before validating saved no model)
+        "finalize": ["$print(dale_monai.bundle.training_report(@ckpt_dir, @output_dir, @log_dir))"],
     }
     return cfg
 
@@ -363,7 +360,11 @@ def multi_gpu_overlay(bb: dict) -> dict:
         "validate#evaluator#val_handlers": "$dale_monai.distributed.handlers_for_rank(@validate#handlers)",
         "initialize": ["$dale_monai.distributed.init_distributed(@device)", "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@train#trainer.run()"],
-        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+        "finalize": [
+            "$(not dist.is_initialized() or dist.get_rank() == 0) and "
+            "print(dale_monai.bundle.training_report(@ckpt_dir, @output_dir, @log_dir))",
+            "$dist.is_initialized() and dist.destroy_process_group()",
+        ],
     }
 
 
@@ -389,12 +390,16 @@ def inference_config(name: str, ds: dict, bb: dict) -> dict:
         "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
         **{k: common[k] for k in ("dataset_dir", "prepare_command")},
         "input_dir": None,
-        "datalist": "$dale_monai.bundle.inference_datalist(@input_dir, @dataset_dir, @prepare_command)",
+        # listed when the evaluator first iterates them: parsing the config (check_properties, MONAI Label, the
+        # model zoo's CI) needs no dataset, and a missing one is reported when inference runs without --input_dir
+        "datalist": "$dale_monai.bundle.DeferredList(dale_monai.bundle.inference_datalist, @input_dir, @dataset_dir, "
+                    "@prepare_command)",
         **{k: common[k] for k in ("device", "spatial_dims", "spatial_size", "in_channels", "out_channels",
                                   "num_classes", "network_def", "network")},
         "preprocessing": _inference_pre(ds, with_label=False),
-        "dataset": {"_target_": "Dataset", "data": "$dale_monai.bundle.image_items(@datalist)",
-                    "transform": "@preprocessing"},
+        # iterable: the evaluator does not ask for its length when it is built, which would list the inputs
+        "dataset": {"_target_": "IterableDataset", "data": "$dale_monai.bundle.DeferredList(dale_monai.bundle.image_items, "
+                    "@datalist)", "transform": "@preprocessing"},
         "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                        "num_workers": 0},
         "inferer": _inferer(ds),
@@ -429,8 +434,9 @@ def evaluate_overlay(ds: dict) -> dict:
     binary = _binary(ds)
     return {
         "test_section": "test",
-        "datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, @test_section, @prepare_command)",
-        "dataset#data": "$[{'image': d['image'], 'label': d['label']} for d in @datalist]",
+        "datalist": "$dale_monai.bundle.DeferredList(dale_monai.bundle.load_datalist, @dataset_dir, @test_section, "
+                    "@prepare_command)",
+        "dataset#data": "$dale_monai.bundle.DeferredList(dale_monai.bundle.image_items, @datalist, ['image', 'label'])",
         "preprocessing": _inference_pre(ds, with_label=True),
         "postprocessing": {"_target_": "Compose", "transforms": _restore_to_input(binary)},
         "handlers": [
@@ -607,7 +613,7 @@ evaluation and inference stop with a message quoting the command above.
 The run id `run` does the same (MONAI Label uses it). Override anything on the command line, e.g.
 `--num_epochs 50 --batch_size 16 --device "$torch.device('cpu')" --dataset_dir /data/mine --dale#tau 0.8
 --dale#alpha 0.05 --dale#omega_reduction sum`. Training shows a progress bar, validates every `val_interval`
-({ds['val_interval']}) epochs and writes:
+({ds['val_interval']}) epochs and after the last one (so a short run also saves a model), and writes:
 
 - `models/model.pt`: the best validation Dice, a plain `state_dict` (`torch.load(..., weights_only=True)`);
 - `models/checkpoint_last.pt`: model, optimizer and trainer state after every epoch; resume with `--resume true`;
@@ -650,7 +656,8 @@ and `eval/test_summary.json` (mean, std, n per metric).{test_note}
     python -m monai.bundle run {_cli(name, 'inference.json')} --input_dir DIR
 
 or `--datalist "['a.png', 'b.nii.gz']"` (or the path of a JSON list or datalist). Without either it predicts the
-dataset's test images. Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
+dataset's test images; only then is the dataset read (loading the config, MONAI's `check_properties` and MONAI
+Label need none). Inputs: {inputs} Masks go to `eval/` (`--output_dir DIR`); weights come from
 `models/model.pt` (`--ckpt_path FILE`).
 
 For pipelines, the same configs behind one command that takes a file, a folder or a folder of DICOM series

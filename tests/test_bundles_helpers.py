@@ -15,11 +15,12 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor
 from PIL import Image
 
-from dale_monai.bundle import find_inputs, image_items
+from dale_monai.bundle import DatasetNotFoundError, DeferredList, find_inputs, image_items, training_report
 from dale_monai.bundle_transforms import AdaptChannels, AdaptChannelsd, SaveMaskd
 from dale_monai.distributed import ResumeOnly, handlers_for_rank, init_distributed
 from dale_monai.evaluation import CaseMetricsSaver
 from dale_monai.handlers.checkpoint import LastCheckpoint
+from dale_monai.handlers.validation import EpochValidationHandler
 from dale_monai.nets import UNetPlusPlus
 
 
@@ -66,6 +67,85 @@ def test_image_items(tmp_path):
         image_items([str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="empty"):
         image_items([])
+
+
+def test_image_items_keeps_the_requested_keys(tmp_path):
+    for name in ("a.png", "a_seg.png"):
+        (tmp_path / name).write_bytes(b"x")
+    entry = {"image": str(tmp_path / "a.png"), "label": str(tmp_path / "a_seg.png"), "label_soft": "unused"}
+    assert image_items([entry], keys=("image", "label")) == [{"image": entry["image"], "label": entry["label"]}]
+    with pytest.raises(ValueError, match="has no label path"):
+        image_items([{"image": entry["image"]}], keys=("image", "label"))
+    with pytest.raises(FileNotFoundError, match="datalist label .*missing.png"):
+        image_items([{"image": entry["image"], "label": str(tmp_path / "missing.png")}], keys=("image", "label"))
+
+
+def test_deferred_list_computes_once_on_first_use_and_retries_after_an_error(tmp_path):
+    calls = []
+
+    def listing(folder, section="test"):
+        calls.append(section)
+        if not (folder / "ready").exists():
+            raise DatasetNotFoundError(f"no dataset in {folder}")
+        return ({"image": str(i)} for i in range(3))  # any iterable: kept as a list
+
+    deferred = DeferredList(listing, tmp_path, section="validation")
+    assert not deferred.resolved and calls == [] and "pending" in repr(deferred)
+    with pytest.raises(DatasetNotFoundError, match="no dataset"):
+        len(deferred)
+    assert not deferred.resolved  # an error is not cached
+    (tmp_path / "ready").touch()
+    assert len(deferred) == 3 and deferred[1] == {"image": "1"} and [d["image"] for d in deferred] == ["0", "1", "2"]
+    assert deferred[-2:] == [{"image": "1"}, {"image": "2"}]
+    assert calls == ["validation", "validation"] and deferred.resolved and "3 items" in repr(deferred)
+    # nested: a deferred list of the items of another one stays pending until iterated
+    items = DeferredList(image_items, DeferredList(lambda: [str(tmp_path / "ready")]))
+    assert not items.resolved and list(items) == [{"image": str(tmp_path / "ready")}]
+
+
+def test_training_report_names_only_outputs_that_exist(tmp_path):
+    ckpt, out, logs = tmp_path / "models", tmp_path / "eval", tmp_path / "logs"
+    nothing = training_report(ckpt, out, logs)
+    assert str(tmp_path) not in nothing
+    assert "no validation ran, so no model was saved" in nothing and "no epoch was completed" in nothing
+    ckpt.mkdir()
+    (ckpt / "checkpoint_last.pt").touch()
+    logs.mkdir()
+    (logs / "events.out.tfevents.1.host").touch()
+    partial = training_report(ckpt, out, logs)
+    assert str(ckpt / "checkpoint_last.pt") in partial and str(logs) in partial
+    assert "model.pt" not in partial and "metrics.csv" not in partial and "no model was saved" in partial
+    (ckpt / "model.pt").touch()
+    out.mkdir()
+    (out / "metrics.csv").touch()
+    full = training_report(ckpt, out, logs)
+    assert str(ckpt / "model.pt") in full and str(out / "metrics.csv") in full and "none" not in full
+
+
+@pytest.mark.parametrize(("interval", "max_epochs", "at_end", "expected"), [
+    (2, 1, True, [1]), (3, 7, True, [3, 6, 7]), (3, 6, True, [3, 6]), (3, 7, False, [3, 6]), (1, 3, True, [1, 2, 3]),
+])
+def test_epoch_validation_handler_also_validates_the_last_epoch(interval, max_epochs, at_end, expected):
+    from monai.engines import Evaluator
+
+    validated: list[int] = []
+    trainer = Engine(lambda engine, batch: None)
+    validator = Evaluator(device="cpu", val_data_loader=[0], iteration_update=lambda engine, batch: None)
+    validator.add_event_handler(Events.COMPLETED, lambda _: validated.append(trainer.state.epoch))
+    EpochValidationHandler(validator, interval=interval, exec_at_end=at_end).attach(trainer)
+    trainer.run([0, 1], max_epochs=max_epochs)
+    assert validated == expected
+    # max_epochs is read when an epoch ends: a finished run continued to more epochs (as a resumed one) validates
+    # its new last epoch
+    validated.clear()
+    last = max_epochs + 2
+    trainer.run([0, 1], max_epochs=last)
+    assert validated == [e for e in range(max_epochs + 1, last + 1) if e % interval == 0 or (at_end and e == last)]
+
+
+def test_epoch_validation_handler_rejects_a_bad_interval():
+    with pytest.raises(ValueError, match="interval must be at least 1"):
+        EpochValidationHandler(None, interval=0)
 
 
 # --------------------------------------------------------------------------------------------- transforms

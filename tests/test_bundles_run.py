@@ -183,3 +183,31 @@ def test_verify_net_in_out_and_ckpt_export(name, tmp_path):
         out = network(x)
         assert isinstance(out, torch.Tensor)  # U-Net++ too: one tensor, not a list
         torch.testing.assert_close(exported(x), out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("num_epochs", "val_interval", "validated"), [(1, 2, [1]), (3, 2, [2, 3]), (4, 2, [2, 4])])
+def test_the_last_epoch_is_validated_and_the_report_names_only_what_exists(num_epochs, val_interval, validated,
+                                                                           tmp_path, tiny2d, capsys):
+    """A run shorter than val_interval, or not a multiple of it, still validates its last epoch (once): it saves
+    a model and metrics, and the end-of-run report names files that exist."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigWorkflow
+
+    name = "synthetic2d_unet"
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json"), workflow_type="train",
+                              bundle_root=str(tmp_path), dataset_dir=str(tiny2d), spatial_size=_small(name),
+                              batch_size=2, num_epochs=num_epochs, val_interval=val_interval)
+    workflow.initialize()
+    epochs: list[int] = []
+    workflow.evaluator.add_event_handler(Events.COMPLETED, lambda _: epochs.append(workflow.trainer.state.epoch))
+    workflow.run()
+    capsys.readouterr()
+    workflow.finalize()
+    assert epochs == validated
+    _assert_trained(name, tmp_path)
+    report = capsys.readouterr().out
+    assert "Training finished." in report and "none" not in report
+    named = [line.split(": ", 1)[1].strip() for line in report.splitlines() if line.startswith("  ")]
+    assert named == [str(tmp_path / "models" / "model.pt"), str(tmp_path / "models" / "checkpoint_last.pt"),
+                     str(tmp_path / "eval" / "metrics.csv"), str(tmp_path / "logs")]
+    assert all(Path(p).exists() for p in named)

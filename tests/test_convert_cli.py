@@ -62,3 +62,38 @@ def test_success_prints_counts_and_output_file_is_refused(tmp_path, capsys):
     assert "exists and is not a folder" in capsys.readouterr().err
     assert main(["mosmed", "--src", str(src), "--out", str(tmp_path / "o2"), "--limit", "0"]) == 1
     assert "--limit 0" in capsys.readouterr().err
+
+
+# every converter that reads 2D image files through list_files, and so accepts every suffix of IMAGE_EXTENSIONS
+IMAGE_FILE_CONVERTERS = ("covid_semiseg", "ph2", "isic2016", "isic2016_ph2", "kvasir", "cvc_clinicdb",
+                         "polyp_benchmark", "mosmed", "folder")
+
+
+@pytest.mark.parametrize("name", IMAGE_FILE_CONVERTERS)
+def test_help_names_every_accepted_image_suffix(name, capsys):
+    from data_prep.io import IMAGE_EXTENSIONS
+
+    with pytest.raises(SystemExit):
+        main([name, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for suffix in IMAGE_EXTENSIONS:
+        assert suffix in text, f"{name} --help does not mention {suffix}"
+    assert "whatever the suffixes of the layout shown above" in text
+    assert "JPEG-compressed, so" not in text  # no claim that only the distributed format is read
+
+
+def test_kvasir_png_copy_converts_as_its_help_says(tmp_path, capsys):
+    """Kvasir-SEG re-saved as PNG (images and 0/255 masks): the help promises it converts, and it does."""
+    import numpy as np
+    from fixtures_datasets import make_kvasir, read_png, save
+
+    src = make_kvasir(tmp_path / "src", n=5)
+    for jpg in (src / "Kvasir-SEG").rglob("*.jpg"):
+        arr = read_png(jpg)
+        if jpg.parent.name == "masks":  # a lossless copy of a mask is a clean 0/255 mask
+            arr = np.where(arr[..., 0] >= 128, 255, 0).astype(np.uint8)
+        save(jpg.with_suffix(".png"), arr)
+        jpg.unlink()
+    assert main(["kvasir", "--src", str(src), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "converted 5, reused 0, skipped 0" in out

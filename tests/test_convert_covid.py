@@ -96,6 +96,64 @@ def test_missing_folders_and_resume(tmp_path, capsys):
     assert "converted 3, reused 6" in capsys.readouterr().out.splitlines()[-3]
 
 
+def test_a_test_only_tree_gives_a_test_only_datalist(tmp_path, capsys):
+    """A user holding only the TestingSet (to evaluate or predict with a trained bundle) converts it; every
+    absent part is named with the sections it would have filled."""
+    src = make_covid_tree(tmp_path / "src")
+    shutil.rmtree(src / "Dataset/TrainingSet")
+    for labels in ("pseudo", "doctor", "both"):
+        out = tmp_path / labels
+        assert _run("--src", src, "--out", out, "--train-labels", labels) == 0
+        text = capsys.readouterr().out
+        assert "converted 2, reused 0, skipped 0 (test 2)" in text
+        dl = read_json(out / "datalist.json")
+        assert {k for k, v in dl.items() if isinstance(v, list)} == {"test"} and len(dl["test"]) == 2
+        assert f"absent: {src / 'Dataset/TrainingSet/LungInfection-Train/Doctor-label'}" in text
+        assert ("Doctor-label; no validation section" if labels == "pseudo" else
+                "Doctor-label; no training / validation section") in text
+        assert ("LungInfection-Train/Pseudo-label; no training section" in text) == (labels != "doctor")
+        assert "pseudo-labels binarised" not in text  # nothing was
+        assert read_json(out / "summary.json")["counts"] == {"test": 2}
+    out = tmp_path / "mc"
+    assert _run("--src", src, "--out", out, "--task", "multiclass") == 0
+    assert "MultiClassInfection-Train; no training / validation section" in capsys.readouterr().out
+    assert {k for k, v in read_json(out / "datalist.json").items() if isinstance(v, list)} == {"test"}
+
+
+def test_partial_trees_convert_what_is_there(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src")
+    shutil.rmtree(src / "Dataset/TestingSet")  # training data only: no test section
+    assert _run("--src", src, "--out", tmp_path / "train_only") == 0
+    text = capsys.readouterr().out
+    assert "(training 4, validation 3)" in text and "LungInfection-Test; no test section" in text
+    dl = read_json(tmp_path / "train_only/datalist.json")
+    assert "test" not in dl and len(dl["training"]) == 4
+    # pseudo-labels absent under --train-labels both: training still gets the doctor slices
+    src = make_covid_tree(tmp_path / "src2", n_doctor=10)
+    shutil.rmtree(src / "Dataset/TrainingSet/LungInfection-Train/Pseudo-label")
+    assert _run("--src", src, "--out", tmp_path / "both", "--train-labels", "both") == 0
+    assert "Pseudo-label; training from the other parts only" in capsys.readouterr().out
+    dl = read_json(tmp_path / "both/datalist.json")
+    assert len(dl["training"]) == 8 and len(dl["validation"]) == 2 and len(dl["test"]) == 2
+    # nothing of the task there: an error naming what was looked for
+    empty = tmp_path / "empty/Dataset/TestingSet"
+    empty.mkdir(parents=True)
+    assert _run("--src", empty.parent, "--out", tmp_path / "none") == 1
+    err = capsys.readouterr().err
+    assert "none of the folders of --task binary found" in err and "LungInfection-Test" in err
+    assert not (tmp_path / "none" / "datalist.json").exists()
+
+
+def test_png_copies_convert_as_the_distributed_jpeg(tmp_path, capsys):
+    """The help says PNG/JPEG/BMP/TIFF are accepted: a copy whose slices were re-saved as PNG converts alike."""
+    src = make_covid_tree(tmp_path / "src")
+    for jpg in (src / "Dataset").rglob("*.jpg"):
+        save(jpg.with_suffix(".png"), read_png(jpg))
+        jpg.unlink()
+    assert _run("--src", src, "--out", tmp_path / "out") == 0
+    assert "converted 9, reused 0, skipped 0 (training 4, validation 3, test 2)" in capsys.readouterr().out
+
+
 @pytest.mark.realdata
 def test_real_covid_semiseg(real_dataset, tmp_path, capsys):
     src = real_dataset("covid_semiseg")

@@ -313,3 +313,80 @@ def test_cli_help_and_usage_errors(tmp_path):
         main(["predict", "--bundle", "x"])
     assert e.value.code == 2
     assert main(["predict", "--bundle", str(tmp_path), "--input", ".", "--output", str(tmp_path / "o")]) == 2
+
+
+# --------------------------------------------------------------------------------------------- overrides
+def test_override_words_are_parsed_as_monai_bundle_parses_them():
+    from dale_monai.predict.overrides import parse_override_args
+
+    parsed = parse_override_args(
+        ["--network_def#channels", "[8, 16, 32, 64]", "--spatial_size=[32,32]", "--device", "$torch.device('cpu')",
+         "--dale#tau", "0.8", "--network_def#dropout", "None", "--amp", "True", "--ckpt_path", "-1"],
+        ["network_def#strides=[2, 2, 2]", "spatial_size=[48, 48]"])
+    assert parsed == {"network_def#channels": [8, 16, 32, 64], "spatial_size": [48, 48],  # --override comes last
+                      "device": "$torch.device('cpu')", "dale#tau": 0.8, "network_def#dropout": None, "amp": True,
+                      "ckpt_path": -1, "network_def#strides": [2, 2, 2]}
+    for args, pairs, message in ((["[8]"], [], "unexpected argument '\\[8\\]'"), (["--spatial_size"], [], "needs a value"),
+                                 (["--a", "--b", "1"], [], "--a needs a value"), ([], ["spatial_size"], "KEY=VALUE")):
+        with pytest.raises(ValueError, match=message):
+            parse_override_args(args, pairs)
+
+
+def test_a_bundle_trained_with_network_overrides_predicts_with_the_same_ones(tmp_path, capsys):
+    """--network_def#channels as on monai.bundle's command line, --override KEY=VALUE, and the Python API."""
+    from monai.bundle import ConfigParser
+
+    name = "synthetic2d_unet"
+    bundle = tmp_path / name
+    shutil.copytree(REPO / "bundles" / name / "configs", bundle / "configs")
+    trained = {"network_def#channels": [4, 8, 16, 32], "spatial_size": [16, 16]}
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    for key, value in trained.items():
+        parser[key] = value
+    (bundle / "models").mkdir()
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), bundle / "models" / "model.pt")
+    Image.fromarray(_voxels(np.random.default_rng(0), (ROWS, COLS), 255).astype(np.uint8)).save(tmp_path / "photo.png")
+    base = ["predict", "--bundle", str(bundle), "--input", str(tmp_path / "photo.png"), "--device", "cpu",
+            "--no-progress"]
+
+    # without the overrides: the shipped channels do not fit the weights, and the message says what to do
+    assert main([*base, "--output", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the bundle's network" in err and "--network_def#channels" in err
+    assert not (tmp_path / "none").exists()
+
+    assert main([*base, "--output", str(tmp_path / "cli"), "--network_def#channels", "[4, 8, 16, 32]",
+                 "--override", "spatial_size=[16,16]"]) == 0
+    assert "1 succeeded, 0 failed" in capsys.readouterr().out
+    by_cli = np.asarray(Image.open(tmp_path / "cli" / "photo_seg.png"))
+    report = Predictor(bundle, device="cpu", overrides=trained).predict_path(tmp_path / "photo.png", tmp_path / "api",
+                                                                            progress=False)
+    assert report.ok and by_cli.shape == (ROWS, COLS)
+    np.testing.assert_array_equal(by_cli, np.asarray(Image.open(tmp_path / "api" / "photo_seg.png")))
+    # the spelling --KEY=VALUE and the override recorded nowhere but in the network used
+    assert main([*base, "--output", str(tmp_path / "eq"), "--network_def#channels=[4,8,16,32]",
+                 "--spatial_size=[16,16]"]) == 0
+    np.testing.assert_array_equal(by_cli, np.asarray(Image.open(tmp_path / "eq" / "photo_seg.png")))
+
+
+@pytest.mark.parametrize(("words", "message"), [
+    (["--netwrk_def#channels", "[4, 8]"], "override 'netwrk_def#channels': .*inference.json has no config item "
+                                          "'netwrk_def'"),
+    (["--spatial_sise", "[16, 16]"], "has no config item 'spatial_sise'"),
+    (["--output_dir", "elsewhere"], "override 'output_dir': not used by predict, the output folder is predict's "
+                                    "--output"),
+    (["--input_dir", "elsewhere"], "the inputs are predict's --input"),
+    (["--network_def#chanels", "[4, 8]"], "network_def cannot be built with the overrides .*chanels"),
+    (["stray"], "unexpected argument 'stray'"),
+])
+def test_bad_overrides_stop_before_predicting_and_name_the_key(words, message, tmp_path, capsys):
+    bundle, overrides = _bundle(tmp_path, "synthetic2d_unet")
+    Image.fromarray(np.zeros((ROWS, COLS), np.uint8)).save(tmp_path / "photo.png")
+    code = main(["predict", "--bundle", str(bundle), "--input", str(tmp_path / "photo.png"),
+                 "--output", str(tmp_path / "out"), "--device", "cpu", *words])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and __import__("re").search(message, err), err
+    assert not (tmp_path / "out").exists()

@@ -73,6 +73,7 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, bundle: str,
             problems.append(f"{len(shapes)} shape mismatch(es) (checkpoint vs network): {_shown(shapes)}")
         raise CheckpointError(
             f"bundle {bundle}: checkpoint {file} does not fit the bundle's network ({'; '.join(problems)}). Was it "
-            "trained with another bundle or other network settings?"
+            "trained with another bundle or other network settings? A bundle trained with overrides of its network "
+            "(e.g. --network_def#channels \"[8, 16, 32, 64]\") needs the same ones here."
         )
     network.load_state_dict(state, strict=True)

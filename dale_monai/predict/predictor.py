@@ -40,6 +40,10 @@ __all__ = ["Predictor"]
 logger = logging.getLogger(__name__)
 
 _SAVERS = ("SaveMaskd", "SaveImaged")
+# config ids that predict sets itself: an override of them would be silently replaced
+_MANAGED = {"output_dir": "the output folder is predict's --output (output_dir of predict_path)",
+            "input_dir": "the inputs are predict's --input (input of predict_path)",
+            "datalist": "the inputs are predict's --input (input of predict_path)"}
 _OWN_OUTPUT = re.compile(r"_(seg\.png|seg\.nii\.gz|overlay\.png)$")
 
 
@@ -70,12 +74,17 @@ class Predictor:
         bundle: the bundle folder (holding ``configs/inference.json`` and ``configs/metadata.json``).
         device: ``cpu``, ``cuda``, ``cuda:1``...; None keeps the bundle's choice (CUDA when available).
         checkpoint: weights file; None takes the bundle's ``ckpt_path`` (``models/model.pt``).
-        overrides: config items to replace, id → value (``{"spatial_size": [64, 64]}``), as on the command
-            line of ``monai.bundle run``.
+        overrides: config items to replace, id → value, as the keyword arguments of ``monai.bundle.run``: values
+            are used as given (``{"network_def#channels": [8, 16, 32, 64], "spatial_size": [64, 64]}``); a bundle
+            trained with overrides of its network needs the same ones here. The command line parses its
+            ``--KEY VALUE`` words into this mapping (:mod:`.overrides`).
 
     Raises:
         FileNotFoundError: when the bundle has no ``configs/inference.json``.
-        ValueError: for an unavailable device, or metadata segments that do not match the bundle's classes.
+        ValueError: for an unavailable device; an override of an id the config does not have (for ``a#b``, of a
+            missing ``a``) or that predict sets itself (``output_dir``, ``input_dir``, ``datalist``); a network
+            that cannot be built (e.g. an override with a wrong argument name); metadata segments that do not
+            match the bundle's classes.
         CheckpointError: for a missing or mismatched checkpoint (see :func:`~.checkpoint.load_weights`).
     """
 
@@ -102,6 +111,13 @@ class Predictor:
                 raise ValueError(f"device {device}: CUDA is not available on this machine (use --device cpu)")
             self.parser["device"] = f"$torch.device('{dev}')"
         for key, value in (overrides or {}).items():
+            if key in _MANAGED:
+                raise ValueError(f"override {key!r}: not used by predict, {_MANAGED[key]}")
+            # a new argument in an existing component is fine (as on monai.bundle's command line), a typo of a
+            # top-level id or of a component is not: it would be ignored
+            owner = key.rsplit("#", 1)[0]
+            if owner not in self.parser:
+                raise ValueError(f"override {key!r}: {config} has no config item {owner!r}")
             self.parser[key] = value
         for key in ("device", "network", "num_classes", "preprocessing", "inferer", "postprocessing"):
             if key not in self.parser:
@@ -111,7 +127,15 @@ class Predictor:
         self.device = torch.device(self.parser.get_parsed_content("device"))
         self.checkpoint = Path(checkpoint).expanduser().resolve() if checkpoint is not None else \
             Path(self.parser.get_parsed_content("ckpt_path"))
-        self.network = self.parser.get_parsed_content("network")
+        try:
+            self.network = self.parser.get_parsed_content("network")
+        except Exception as e:  # MONAI wraps the network's own error in its config errors
+            given = f" with the overrides {dict(overrides)}" if overrides else ""
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            raise ValueError(f"bundle {self.bundle_dir}: its network_def cannot be built{given}: "
+                             f"{type(cause).__name__}: {cause}") from e
         load_weights(self.network, self.checkpoint, bundle=str(self.bundle_dir), map_location=self.device)
         self.network.eval()
         num_classes = int(self.parser.get_parsed_content("num_classes"))

@@ -8,6 +8,11 @@
     TrainingSet/MultiClassInfection-Train/{Imgs, GT}                      palette PNG 0/1/2
     TestingSet/MultiClassInfection-Test/{Imgs, GT, GT-1, GT-2}            same (GT-1/GT-2 unused)
 
+The parts present are converted: a tree holding only ``TestingSet`` gives a datalist with only
+``test`` (e.g. to evaluate or predict with a trained bundle), one without ``TestingSet`` has no
+``test``; each absent part is reported with the sections it would have filled. A part that is
+present but lacks its ``Imgs`` or ``GT`` folder is an error.
+
 ``--task binary`` (default) sections, by ``--train-labels``:
 
 * ``pseudo`` (default): training = the 1,600 pseudo-labels, validation = the 50 doctor-labelled
@@ -28,6 +33,7 @@ from functools import partial
 from pathlib import Path
 
 from ..convert import (
+    IMAGE_FILES_HELP,
     ConversionJob,
     Pair,
     Sample,
@@ -44,7 +50,7 @@ from ..convert import (
 from ..io import DataPrepError, read_image_2d, read_mask_2d
 from ..masks import binary_mask, class_mask, soft_mask
 
-__all__ = ["add_parser", "convert", "find_dataset_root"]
+__all__ = ["add_parser", "convert", "find_dataset_root", "present_parts", "PARTS"]
 
 DOCTOR = "TrainingSet/LungInfection-Train/Doctor-label"
 PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label"
@@ -86,16 +92,58 @@ def _load_classes(image: Path, mask: Path) -> Sample:
     return Sample(image_2d(read_image_2d(image), image), class_mask(read_mask_2d(mask), mask, 3))
 
 
+#: the parts of each task and training-label choice, with the sections each one fills
+PARTS: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {
+    ("binary", "pseudo"): [(PSEUDO, ("training",)), (DOCTOR, ("validation",)), (TEST, ("test",))],
+    ("binary", "doctor"): [(DOCTOR, ("training", "validation")), (TEST, ("test",))],
+    ("binary", "both"): [(PSEUDO, ("training",)), (DOCTOR, ("training", "validation")), (TEST, ("test",))],
+    ("multiclass", "-"): [(MC_TRAIN, ("training", "validation")), (MC_TEST, ("test",))],
+}
+
+
+def present_parts(root: Path, task: str, train_labels: str) -> tuple[list[str], tuple[str, ...], list[str]]:
+    """Which parts of the layout are there, the sections they fill, and a note for each absent part.
+
+    Args:
+        root: the ``Dataset`` folder (:func:`find_dataset_root`).
+        task: ``binary`` or ``multiclass``.
+        train_labels: ``pseudo``, ``doctor`` or ``both`` (ignored for ``multiclass``).
+
+    Returns:
+        the present parts (relative folders), the sections they fill (in the standard order), and the notes.
+
+    Raises:
+        DataPrepError: when no part of the task is there, naming the folders looked for.
+    """
+    parts = PARTS[(task, train_labels if task == "binary" else "-")]
+    found = [rel for rel, _ in parts if (root / rel).is_dir()]
+    if not found:
+        raise DataPrepError(f"{root}: none of the folders of --task {task} found: "
+                            + ", ".join(rel for rel, _ in parts))
+    sections = tuple(s for s in ("training", "validation", "test")
+                     if any(s in filled for rel, filled in parts if rel in found))
+    notes = []
+    for rel, filled in parts:
+        if rel not in found:
+            lost = [s for s in filled if s not in sections]
+            notes.append(f"absent: {root / rel}; " + (f"no {' / '.join(lost)} section" if lost else
+                                                      f"{' / '.join(filled)} from the other parts only"))
+    return found, sections, notes
+
+
 def convert(args: argparse.Namespace) -> int:
-    """Find the pairs of the requested task and convert them."""
+    """Find the pairs of the requested task in the parts present and convert them."""
     root = find_dataset_root(args.src)
     threshold = args.threshold
     if not 1 <= threshold <= 255:
         raise DataPrepError(f"--threshold {threshold}: must be within 1..255")
+    present, sections_found, absent_notes = present_parts(root, args.task, args.train_labels)
     pairs: list[Pair] = []
     skipped: list[Skip] = []
 
     def add(rel: str, prefix: str, sections: dict[str, str] | str, loader) -> None:
+        if rel not in present:
+            return
         found, skips = _folder_pairs(root, rel, args.limit)
         skipped.extend(skips)
         for stem, image, mask in found:
@@ -105,6 +153,8 @@ def convert(args: argparse.Namespace) -> int:
                               extras=("label_soft",) if args.task == "binary" else ()))
 
     def split(rel: str, prefix: str) -> dict[str, str]:
+        if rel not in present:
+            return {}
         found, _ = _folder_pairs(root, rel, args.limit)
         return assign_sections([f"{prefix}/{s}" for s, _, _ in found], (1 - args.val_fraction, args.val_fraction, 0),
                                args.seed)
@@ -123,13 +173,13 @@ def convert(args: argparse.Namespace) -> int:
         add(MC_TRAIN, "multiclass_train", split(MC_TRAIN, "multiclass_train"), _load_classes)
         add(MC_TEST, "multiclass_test", "test", _load_classes)
         labels = MULTICLASS_NAMES
-    notes = []
-    if args.task == "binary" and args.train_labels != "doctor":
+    notes = list(absent_notes)
+    if args.task == "binary" and args.train_labels != "doctor" and PSEUDO in present:
         notes.append(f"pseudo-labels binarised at {threshold} ('label'); soft masks kept as 'label_soft'")
     job = ConversionJob(
         dataset="covid_semiseg", src=args.src, pairs=pairs, skipped=skipped,
         settings={"task": args.task, "threshold": threshold},
-        labels=labels, notes=notes,
+        labels=labels, notes=notes, sections=sections_found,
         description=f"COVID-SemiSeg lung infection ({args.task}; training labels: "
                     f"{args.train_labels if args.task == 'binary' else 'radiologists'})",
     )
@@ -139,7 +189,8 @@ def convert(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``covid_semiseg``."""
     p = subparsers.add_parser("covid_semiseg", help="COVID-SemiSeg CT lung infection (Inf-Net layout)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, epilog=IMAGE_FILES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, val_fraction=0.2, threshold=False)
     p.add_argument("--threshold", type=int, default=128,
                    help="binarise the soft pseudo-labels at this value of 0..255 (default 128)")

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from ..convert import (
+    IMAGE_FILES_HELP,
     ConversionJob,
     Pair,
     Sample,
@@ -90,7 +91,8 @@ def convert(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``folder``."""
     p = subparsers.add_parser("folder", help="generic images/ + masks/ folders matched by stem",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__, epilog=IMAGE_FILES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p, split=True)
     p.add_argument("--images-dir", default="images", help="image sub-folder of --src (default images)")
     p.add_argument("--masks-dir", default="masks", help="mask sub-folder of --src (default masks)")

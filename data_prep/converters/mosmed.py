@@ -1,7 +1,7 @@
 """MosMedData+ (COVID-19 CT lesions) in the LViT layout.
 
 ``--src`` holds ``Train_Folder``, ``Val_Folder`` and ``Test_Folder``, each with ``img/*.png`` and
-``labelcol/*.png`` (masks 0/255, or 0/1) matched by file name; a ``mask_`` prefix on the mask name
+``labelcol/*.png`` (masks 0/255, or 0/1; other 2D formats, below, are read too) matched by file stem; a ``mask_`` prefix on the mask name
 (as in LViT's QaTa-COV19 copy) is accepted too. The dataset's own split is kept.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..convert import (
+    IMAGE_FILES_HELP,
     ConversionJob,
     add_common_arguments,
     binary_pairs,
@@ -48,7 +49,7 @@ def convert(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``mosmed``."""
-    p = subparsers.add_parser("mosmed", help="MosMedData+ (LViT layout)", description=__doc__,
+    p = subparsers.add_parser("mosmed", help="MosMedData+ (LViT layout)", description=__doc__, epilog=IMAGE_FILES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.set_defaults(func=convert)

@@ -1,8 +1,8 @@
 """Colonoscopy polyps: Kvasir-SEG, CVC-ClinicDB and the PraNet benchmark layout.
 
-* ``kvasir``: Kvasir-SEG as distributed (``--src`` is ``Kvasir-SEG/`` or holds it): ``images/*.jpg``,
-  ``masks/*.jpg``. The masks are JPEG-compressed, so they are thresholded at 128 (``--threshold``).
-  Fixed-seed ``--split``.
+* ``kvasir``: Kvasir-SEG (``--src`` is ``Kvasir-SEG/`` or holds it): ``images/`` and ``masks/``, ``*.jpg`` as
+  distributed or a PNG/BMP/TIFF copy. JPEG masks are thresholded at 128 (``--threshold``); masks of a
+  lossless copy must hold 0/1 or 0/255 (or give ``--threshold``). Fixed-seed ``--split``.
 * ``cvc_clinicdb``: ``Original/*.tif`` + ``Ground Truth/*.tif`` (also under ``TIF/``), or the PNG
   variant ``PNG/Original`` + ``PNG/Ground Truth``. Fixed-seed ``--split``.
 * ``polyp_benchmark``: the PraNet layout, ``TrainDataset/{image,mask}/*.png`` and
@@ -19,6 +19,7 @@ import argparse
 from pathlib import Path
 
 from ..convert import (
+    IMAGE_FILES_HELP,
     ConversionJob,
     Pair,
     Skip,
@@ -122,13 +123,15 @@ def convert_polyp_benchmark(args: argparse.Namespace) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``kvasir``, ``cvc_clinicdb`` and ``polyp_benchmark``."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = subparsers.add_parser("kvasir", help="Kvasir-SEG polyps", description=__doc__, formatter_class=fmt)
+    p = subparsers.add_parser("kvasir", help="Kvasir-SEG polyps", description=__doc__, epilog=IMAGE_FILES_HELP,
+                              formatter_class=fmt)
     add_common_arguments(p, split=True)
     p.set_defaults(func=convert_kvasir)
-    p = subparsers.add_parser("cvc_clinicdb", help="CVC-ClinicDB polyps", description=__doc__, formatter_class=fmt)
+    p = subparsers.add_parser("cvc_clinicdb", help="CVC-ClinicDB polyps", description=__doc__,
+                              epilog=IMAGE_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, split=True)
     p.set_defaults(func=convert_cvc_clinicdb)
     p = subparsers.add_parser("polyp_benchmark", help="PraNet polyp benchmark (TrainDataset/TestDataset)",
-                              description=__doc__, formatter_class=fmt)
+                              description=__doc__, epilog=IMAGE_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, val_fraction=0.1)
     p.set_defaults(func=convert_polyp_benchmark)

@@ -5,7 +5,8 @@ PH2 as distributed (``--src`` holds ``PH2 Dataset images/`` or is it)::
     IMD002/IMD002_Dermoscopic_Image/IMD002.bmp     RGB, about 765x575
     IMD002/IMD002_lesion/IMD002_lesion.bmp          0/255
 
-or the resized copy ``images/IMD002.png`` + ``masks/IMD002.png``; the layout is detected. PH2 has no
+or the resized copy ``images/IMD002.png`` + ``masks/IMD002.png`` (any 2D format, below); the layout is
+detected. PH2 has no
 split: a fixed-seed ``--split``.
 
 ISIC-2016 Task 1 as distributed (``--src`` holds the four folders)::
@@ -25,12 +26,14 @@ import argparse
 from pathlib import Path
 
 from ..convert import (
+    IMAGE_FILES_HELP,
     ConversionJob,
     Pair,
     Skip,
     add_common_arguments,
     assign_sections,
     binary_pairs,
+    image_files_help,
     limit_items,
     list_files,
     match_pairs,
@@ -46,6 +49,9 @@ PH2_FOLDER = "PH2 Dataset images"
 ISIC_TRAIN = ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth")
 ISIC_TEST = ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth")
 BINARY_NAMES = {"0": "background", "1": "lesion"}
+#: PH2's distributed layout names its ``.bmp`` files exactly; everything else goes through ``list_files``
+PH2_FILES_HELP = "PH2 as distributed: the .bmp files named above.\n" + image_files_help(
+    "Other image and mask files (the resized PH2 copy, ISIC-2016)")
 
 
 def _is_ph2_case_root(folder: Path) -> bool:
@@ -143,15 +149,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``ph2``, ``isic2016`` and ``isic2016_ph2``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("ph2", help="PH2 dermoscopy (as distributed, or the resized copy)",
-                              description=__doc__, formatter_class=fmt)
+                              description=__doc__, epilog=PH2_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, split=True)
     p.set_defaults(func=convert_ph2)
     p = subparsers.add_parser("isic2016", help="ISIC-2016 Task 1 lesion segmentation", description=__doc__,
-                              formatter_class=fmt)
+                              epilog=IMAGE_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, val_fraction=0.1)
     p.set_defaults(func=convert_isic2016)
     p = subparsers.add_parser("isic2016_ph2", help="train on ISIC-2016, test on PH2 (the paper's protocol)",
-                              description=__doc__, formatter_class=fmt)
+                              description=__doc__, epilog=PH2_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, val_fraction=0.1)
     p.add_argument("--ph2-src", type=Path, required=True, help="PH2 folder (either layout)")
     p.set_defaults(func=convert_isic2016_ph2)

@@ -144,6 +144,19 @@ def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_trace_collapse_prints_the_class_probabilities(tmp_path, monkeypatch, capsys):
+    import trace_collapse
+
+    monkeypatch.setenv("DALE_DATA_DIR", str(_fake_ph2(tmp_path / "data")))
+    argv = ["--dataset", "ph2", "--profile", "toy", "--iterations", "3", "--every", "1", "--work", str(tmp_path / "w")]
+    assert trace_collapse.main(argv) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("iteration")]
+    assert len(lines) == 3 and all("mean p on lesion" in x and "on background" in x for x in lines)
+    monkeypatch.setenv("DALE_DATA_DIR", str(tmp_path / "nothing"))
+    assert trace_collapse.main([*argv[:-1], str(tmp_path / "w2")]) == 0
+    assert "SKIPPED" in capsys.readouterr().err
+
+
 def test_profile_settings_and_external_test_datalist_are_checked(tmp_path, capsys):
     base = accuracy.PROFILES["toy"]
     assert not base.dice_batch

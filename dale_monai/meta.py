@@ -261,6 +261,8 @@ class OmegaMetaStep:
       ``betas``). One step is ω* = 1 − lr·g/(|g| + eps): a soft sign in [1 − lr, 1 + lr]. With the released
       ``lr`` 0.1 and ``"mean"`` reduction |g| is far below eps and ω moves by about ±0.01; ``"sum"`` or
       ``"normalized"`` give ±lr; a larger ``lr`` (e.g. 1.0, ω ∈ [0, 2]) or K > 1 re-weight more strongly.
+      After every step ω is clamped at 0 (projected Adam): a negative weight would make the fuzzy step ascend
+      that pixel's loss. The clamp never binds while K·lr ≤ 1, so the released update is unchanged.
     - ``"l2rw"``: learning to reweight (Ren et al., "Learning to Reweight Examples for Robust Deep
       Learning", ICML 2018, Algorithm 1): w = max(−g, 0), normalised. Ren et al. normalise w to sum to 1 over
       the mini-batch (their loss is Σ w_i·ℓ_i); DALE's fuzzy loss is a mean over pixels, so here
@@ -443,6 +445,8 @@ class OmegaMetaStep:
                 break
             omega.grad = g
             adam.step()
+            with torch.no_grad():
+                omega.clamp_(min=0.0)  # projected: a negative weight would make the fuzzy step ascend that loss
         frac_small = float((first_grad.abs() < self.eps).float().mean())
         return OmegaResult(omega=omega.detach(), grad=first_grad, frac_small_grad=frac_small)
 

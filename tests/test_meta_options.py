@@ -319,6 +319,19 @@ def test_first_order_k_steps_equal_one_step_with_k_times_the_lr():
     assert (k3.omega - 1).abs().max() > 0.29  # and it does move ω by up to K·lr
 
 
+@pytest.mark.parametrize("method", ["first_order", "jvp"])
+def test_strong_adam_updates_are_clamped_at_zero(method):
+    """K·lr > 1 could push ω below 0 (the fuzzy step would ascend those pixels' loss): it stops at 0."""
+    net, xf, yf, xn, yn, _ = _unet_setup()
+    v = _grad_at(net, xn, yn)
+    res = _call(net, xf, yf, xn, yn, OmegaMetaStep(method=method, steps=3, lr=1.0, reduction="sum"), nonfuzzy_grad=v)
+    unclamped = 1 - 3 * res.grad / (res.grad.abs() + 1e-8)  # first_order's constant-g path, without the clamp
+    assert res.omega.min() == 0 and (unclamped < -1).any()
+    assert res.omega.max() > 3.5  # the other side is not limited
+    if method == "first_order":
+        torch.testing.assert_close(res.omega, unclamped.clamp_min(0), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("method,calls", [("jvp", 3), ("double_backward", 3), ("first_order", 1)])
 def test_k_steps_recompute_g_only_where_it_depends_on_omega(method, calls, monkeypatch):
     net, xf, yf, xn, yn, _ = _unet_setup()

@@ -14,7 +14,8 @@ the ``head`` scope) on the same network weights and the same batches:
    ``--eval-batches`` training batches (no augmentation, partition of the profile), runs one DALE iteration from
    copies of the network and optimizer and keeps the ω it computed;
 4. reports, over the pixels of the fuzzy patches (M^f ≥ 0.9) of those batches, pooled: mean ω on wrongly and
-   on correctly labelled pixels (noisy label ≠ clean label), the share of each with ω < 1, the AUROC of ω as a
+   on correctly labelled pixels (noisy label ≠ clean label), the share of each with ω < 1, the wrong pixels' share
+   of the total weight Σ ω (their share of the pixels when ω ≡ 1), the AUROC of ω as a
    detector of wrong labels (the probability that a random wrong pixel gets a lower ω than a random right one,
    ties counted half), and the seconds per DALE iteration of the option.
 
@@ -108,8 +109,9 @@ def omega_stats(omega: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
 
     Returns:
         ``n_wrong``, ``n_right``, ``mean_wrong``, ``mean_right``, ``below1_wrong``, ``below1_right`` (share with
-        ω < 1), ``mean_abs_dev`` (mean |ω − 1| over all), ``auroc`` (P(ω_wrong < ω_right), ties half; NaN without
-        both kinds).
+        ω < 1), ``mean_abs_dev`` (mean |ω − 1| over all), ``weight_share_wrong`` (Σ_wrong ω / Σ ω: the wrong pixels'
+        share of the loss weight, to compare with their share of the pixels, ω ≡ 1), ``auroc`` (P(ω_wrong <
+        ω_right), ties half; NaN without both kinds).
     """
     omega, wrong = np.asarray(omega, np.float64), np.asarray(wrong, bool)
     out: dict[str, float] = {"n_wrong": int(wrong.sum()), "n_right": int((~wrong).sum()),
@@ -117,6 +119,8 @@ def omega_stats(omega: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
     for name, sel in (("wrong", wrong), ("right", ~wrong)):
         out[f"mean_{name}"] = float(omega[sel].mean()) if sel.any() else float("nan")
         out[f"below1_{name}"] = float((omega[sel] < 1).mean()) if sel.any() else float("nan")
+    total = float(omega.sum())
+    out["weight_share_wrong"] = float(omega[wrong].sum()) / total if total > 0 else float("nan")
     n_w, n_r = out["n_wrong"], out["n_right"]
     if n_w and n_r:
         ranks = rankdata(-omega)  # high rank = low ω; the Mann–Whitney U of the wrong pixels
@@ -235,6 +239,8 @@ def render_markdown(results: dict) -> str:
         "AUROC = P(ω of a wrong pixel < ω of a right one), ties half: how well ω ranks wrong labels below right ones, "
         "whatever its strength.",
     ]
+    lines.append("Weight share of wrong = Σ_wrong ω / Σ ω over those pixels: the share of the fuzzy loss weight that "
+                 "goes to wrong labels (with ω ≡ 1 it is their share of the pixels, given per dataset).")
     for name, level in results["levels"].items():
         lines += ["", f"## {name}: {level['n_train']} training cases", "",
                   f"{level['wrong_share_of_fuzzy_pixels']:.1%} of the fuzzy-patch pixels of the evaluated batches are "
@@ -244,13 +250,14 @@ def render_markdown(results: dict) -> str:
             first = next(iter(options.values()))
             lines += ["", f"After {it} training iterations ({first['n_wrong']:,} wrong, {first['n_right']:,} right "
                       "fuzzy pixels):", "",
-                      "| option | mean ω wrong | mean ω right | ω<1 wrong | ω<1 right | mean abs(ω−1) | AUROC "
-                      "| s/iter |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| option | mean ω wrong | mean ω right | ω<1 wrong | ω<1 right | mean abs(ω−1) "
+                      "| weight share of wrong | AUROC | s/iter |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for label, s in options.items():
                 lines.append(f"| {label} | {_f(s['mean_wrong'])} | {_f(s['mean_right'])} | "
                              f"{_f(s['below1_wrong'], '.1%')} | {_f(s['below1_right'], '.1%')} | "
-                             f"{_f(s['mean_abs_dev'])} | {_f(s['auroc'])} | {_f(s['seconds_per_iteration'], '.2f')} |")
+                             f"{_f(s['mean_abs_dev'])} | {_f(s['weight_share_wrong'], '.1%')} | {_f(s['auroc'])} | "
+                             f"{_f(s['seconds_per_iteration'], '.2f')} |")
     if results.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(results["skipped"])]
     return "\n".join(lines) + "\n"

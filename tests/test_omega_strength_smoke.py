@@ -37,6 +37,7 @@ def test_omega_stats_known_values(script):
     assert s["below1_wrong"] == pytest.approx(2 / 3) and s["below1_right"] == pytest.approx(1 / 3)
     # pairs (wrong, right) with ω_wrong < ω_right: 0.5 < all 3; 0.9 < 1.1, 1.2 and ties 0.9; 1.2 ties 1.2
     assert s["auroc"] == pytest.approx((3 + 2 + 0.5 + 0.5) / 9)
+    assert s["weight_share_wrong"] == pytest.approx(2.6 / 5.8)
     assert math.isnan(script.omega_stats(np.array([1.0, 0.9]), np.array([False, False]))["auroc"])  # no wrong pixel
     assert script.omega_stats(np.array([0.1, 2.0]), np.array([True, False]))["auroc"] == 1.0
 
@@ -57,7 +58,7 @@ def test_toy_run_writes_every_option(script, tmp_path):
         assert list(options) == labels
         for label, s in options.items():
             assert s["n_wrong"] + s["n_right"] > 0 and s["seconds_per_iteration"] > 0, label
-            for key in ("mean_wrong", "mean_right", "below1_wrong", "below1_right", "auroc"):
+            for key in ("mean_wrong", "mean_right", "below1_wrong", "below1_right", "weight_share_wrong", "auroc"):
                 assert math.isnan(s[key]) or s[key] >= 0, (label, key)
         # the released update stays within ±lr of 1; l2rw is non-negative with mean 1 under M^f (not per class)
         released = options["jvp, mean, lr 0.1 (released)"]

@@ -9,9 +9,21 @@ medians and ratios to the standard iteration are reported. Variants:
 - ``dale_jvp``: :class:`dale_monai.engines.DALETrainer` with ``OmegaMetaStep("jvp")``;
 - ``dale_jvp_w``: the same with the :class:`dale_monai.handlers.WassersteinAlignment` handler (L_W);
 - ``dale_double_backward``: ``OmegaMetaStep("double_backward")``, the reference;
+- ``dale_first_order``: ``OmegaMetaStep("first_order")``, the approximate method (v = the non-fuzzy step's
+  gradient at θ; no virtual step, no v pass);
+- ``dale_first_order_head``: ``OmegaMetaStep("first_order", scope="head")``, the same over the segmentation
+  head's parameters only (the Jacobian-vector product runs through the head alone);
 - ``dale_jvp_fwad`` (opt-in, ``--variants``; equal to ``dale_jvp`` since ``dale_monai.meta`` uses dual tensors itself): ``jvp`` with the Jacobian-vector product taken by
   :mod:`torch.autograd.forward_ad` dual tensors instead of :func:`torch.func.jvp` (a local
   monkeypatch, see :func:`_use_forward_ad`); it computes the same ω (checked at start-up).
+
+Agreement of the approximate ω with the exact one: after the timing rounds, on the weights the ``dale_jvp``
+variant has reached and on every distinct batch, one iteration of each method runs from identical copies of
+that network and optimizer (so θ, θ_n and the batch are the same) and their meta gradients g are compared
+with ``jvp``'s: sign agreement on the pixels where ``|g_jvp| > --agreement-rel-eps · max |g_jvp|``, over all
+pixels and within the fuzzy patches (M^f ≥ 0.9), and Spearman's rank correlation
+(:func:`scipy.stats.spearmanr`). ``jvp`` restricted to the head (``scope="head"``) is compared too, which
+separates the error of the head restriction from that of the first-order v.
 
 An iteration is timed from Ignite's ``ITERATION_STARTED`` to ``ITERATION_COMPLETED`` (the trainer's
 ``_iteration`` and every handler on it); DALE iterations are split into phases with timestamps at the
@@ -27,6 +39,7 @@ Usage::
 
     python benchmarks/bench_speed.py                        # full run, writes benchmarks/results/speed.{md,json}
     python benchmarks/bench_speed.py --size 32 --batch 1 --repeats 1 --out /tmp/bench   # smoke
+    python benchmarks/bench_speed.py --backbones unet --name speed_fast_omega           # writes speed_fast_omega.*
 """
 
 from __future__ import annotations
@@ -66,13 +79,34 @@ from dale_monai.transforms import FuzzyPartition  # noqa: E402
 __all__ = ["BACKBONES", "VARIANTS", "DEFAULT_VARIANTS", "TARGETS", "main"]
 
 BACKBONES = ("unet", "swinunetr")
-VARIANTS = ("standard", "dale_jvp", "dale_jvp_w", "dale_double_backward", "dale_jvp_fwad")
-DEFAULT_VARIANTS = ("standard", "dale_jvp", "dale_jvp_w", "dale_double_backward")
-# (name, backbone, quantity, limit) — from issue 3
+VARIANTS = ("standard", "dale_jvp", "dale_jvp_w", "dale_double_backward", "dale_first_order", "dale_first_order_head",
+            "dale_jvp_fwad")
+DEFAULT_VARIANTS = ("standard", "dale_jvp", "dale_jvp_w", "dale_double_backward", "dale_first_order",
+                    "dale_first_order_head")
+#: the ω meta step of each DALE variant: OmegaMetaStep(method, scope=...)
+VARIANT_STEPS = {
+    "dale_jvp": ("jvp", "full"),
+    "dale_jvp_w": ("jvp", "full"),
+    "dale_double_backward": ("double_backward", "full"),
+    "dale_first_order": ("first_order", "full"),
+    "dale_first_order_head": ("first_order", "head"),
+    "dale_jvp_fwad": ("jvp", "full"),
+}
+#: methods whose meta gradient is compared with jvp's (name, OmegaMetaStep arguments)
+AGREEMENT_METHODS = (
+    ("first_order", {"method": "first_order"}),
+    ("first_order_head", {"method": "first_order", "scope": "head"}),
+    ("jvp_head", {"method": "jvp", "scope": "head"}),
+)
+# (name, backbone, variant, quantity, limit) — issue 3 (jvp, partition, memory) and issue 14 (first_order)
 TARGETS = (
-    ("DALE(jvp) time <= 4.0x standard, UNet", "unet", "time_ratio", 4.0),
-    ("partition < 2% of a DALE(jvp) iteration, UNet", "unet", "partition_share", 0.02),
-    ("DALE(jvp) peak memory <= 2x standard, UNet", "unet", "memory_ratio", 2.0),
+    ("DALE(jvp) time <= 4.0x standard, UNet", "unet", "dale_jvp", "time_ratio", 4.0),
+    ("partition < 2% of a DALE(jvp) iteration, UNet", "unet", "dale_jvp", "partition_share", 0.02),
+    ("DALE(jvp) peak memory <= 2x standard, UNet", "unet", "dale_jvp", "memory_ratio", 2.0),
+    ("DALE(first_order) time <= 2.7x standard, UNet", "unet", "dale_first_order", "time_ratio", 2.7),
+    ("DALE(first_order, head) time <= 2.2x standard, UNet", "unet", "dale_first_order_head", "time_ratio", 2.2),
+    ("first_order sign agreement with jvp >= 95%, UNet", "unet", "first_order", "sign_agreement", 0.95),
+    ("first_order (head) sign agreement with jvp >= 95%, UNet", "unet", "first_order_head", "sign_agreement", 0.95),
 )
 LR = 3e-4  # the paper's Adam learning rate, also η of the virtual step
 
@@ -206,8 +240,8 @@ class Runner:
         if name == "standard":
             self.trainer = SupervisedTrainer(device, 1, self.loader, net, opt, loss)
         else:
-            method = "double_backward" if name == "dale_double_backward" else "jvp"
-            step = OmegaMetaStep(method=method)
+            method, scope = VARIANT_STEPS[name]
+            step = OmegaMetaStep(method=method, scope=scope)
             if name == "dale_jvp_fwad":
                 _use_forward_ad(step)
             self._instrument(step)
@@ -233,6 +267,7 @@ class Runner:
         step._nonfuzzy_grad = _timed(step._nonfuzzy_grad, clock, "v_pass")
         step._grad_jvp = _timed(step._grad_jvp, clock, "grad_jvp")
         step._grad_double_backward = _timed(step._grad_double_backward, clock, "grad_db")
+        step._grad_first_order = _timed(step._grad_first_order, clock, "grad_fo")
 
     def finish_setup(self) -> None:
         """Register the end-of-iteration timestamp after every other handler."""
@@ -255,13 +290,13 @@ class Runner:
             return out
         meta = m["OMEGA_COMPLETED"] - m["FUZZY_FORWARD_COMPLETED"]
         virtual, v_pass = inner.get("virtual", 0.0), inner.get("v_pass", 0.0)
-        grad = inner.get("grad_jvp", 0.0) + inner.get("grad_db", 0.0)
+        grad = inner.get("grad_jvp", 0.0) + inner.get("grad_db", 0.0) + inner.get("grad_fo", 0.0)
         last = grad - virtual - v_pass  # the jvp, or the backward through the virtual step
         out["nonfuzzy_step"] = m["NONFUZZY_COMPLETED"] - m["start"]
         out["fuzzy_forward"] = m["FUZZY_FORWARD_COMPLETED"] - m["NONFUZZY_COMPLETED"]
         out["meta_virtual_grad"] = virtual
         out["meta_v_pass"] = v_pass
-        out["meta_jvp"] = last if "grad_jvp" in inner else 0.0
+        out["meta_jvp"] = last if "grad_jvp" in inner or "grad_fo" in inner else 0.0
         out["meta_second_backward"] = last if "grad_db" in inner else 0.0
         out["meta_other"] = meta - grad
         out["fuzzy_step"] = m["FUZZY_COMPLETED"] - m["OMEGA_COMPLETED"]
@@ -270,10 +305,13 @@ class Runner:
 
 
 class _GradRecorder:
-    """Calls an ω meta step and keeps the meta gradient it saw."""
+    """Calls an ω meta step and keeps the meta gradient it saw; its options (scope, ...) read through."""
 
     def __init__(self, step: OmegaMetaStep) -> None:
         self.step, self.grad = step, None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.step, name)
 
     def __call__(self, *args, **kwargs):
         result = self.step(*args, **kwargs)
@@ -296,6 +334,59 @@ def check_fwad_matches(network: nn.Module, batch: dict) -> float:
         grads.append(recorder.grad)
     a, b = grads
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+
+
+def _meta_grad(network: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, **step_kwargs) -> torch.Tensor:
+    """The meta gradient g of one DALE iteration on ``batch`` from a copy of ``network`` and ``optimizer``."""
+    net = copy.deepcopy(network)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # load_state_dict alone would share the tensors
+    recorder = _GradRecorder(OmegaMetaStep(**step_kwargs))
+    DALETrainer("cpu", 1, [batch], net, opt, DALELoss(), omega_step=recorder).run()
+    return recorder.grad
+
+
+def measure_agreement(network: nn.Module, optimizer: torch.optim.Optimizer, batches: list[dict], rel_eps: float,
+                      tau: float = 0.9) -> dict:
+    """Agreement of each :data:`AGREEMENT_METHODS` meta gradient with ``jvp``'s on the same weights and batches.
+
+    Returns:
+        ``per_batch`` rows and a ``summary`` per method (mean and minimum over batches) of: ``sign_agreement``
+        (share of the pixels with ``|g_jvp| > rel_eps · max|g_jvp|`` where the signs agree), the same within the
+        fuzzy patches (``M^f >= tau``) and over all pixels, ``spearman`` (rank correlation over all pixels) and
+        ``selected_fraction`` (share of pixels above the threshold).
+    """
+    from scipy.stats import spearmanr
+
+    rows = []
+    for index, batch in enumerate(batches):
+        ref = _meta_grad(network, optimizer, batch, method="jvp").flatten().double()
+        fuzzy = (batch["mask_f"][:, :1] >= tau).flatten()
+        selected = ref.abs() > rel_eps * ref.abs().max()
+        for name, kwargs in AGREEMENT_METHODS:
+            g = _meta_grad(network, optimizer, batch, **kwargs).flatten().double()
+            same = (g.sign() == ref.sign()).double()
+            rows.append({
+                "batch": index,
+                "method": name,
+                "sign_agreement": float(same[selected].mean()),
+                "sign_agreement_fuzzy": float(same[selected & fuzzy].mean()) if (selected & fuzzy).any() else None,
+                "sign_agreement_all_pixels": float(same.mean()),
+                "spearman": float(spearmanr(g.numpy(), ref.numpy())[0]),
+                "selected_fraction": float(selected.double().mean()),
+            })
+            print(f"  agreement, batch {index}, {name}: sign {rows[-1]['sign_agreement']:.4f}, "
+                  f"Spearman {rows[-1]['spearman']:.4f}", flush=True)
+    summary = {}
+    for name, _ in AGREEMENT_METHODS:
+        mine = [r for r in rows if r["method"] == name]
+        summary[name] = {}
+        for key in ("sign_agreement", "sign_agreement_fuzzy", "sign_agreement_all_pixels", "spearman",
+                    "selected_fraction"):
+            values = [r[key] for r in mine if r[key] is not None]
+            summary[name][key + "_mean"] = float(np.mean(values)) if values else None
+            summary[name][key + "_min"] = float(np.min(values)) if values else None
+    return {"rel_eps": rel_eps, "tau": tau, "batches": len(batches), "per_batch": rows, "summary": summary}
 
 
 # --------------------------------------------------------------------------------------------- memory
@@ -435,6 +526,16 @@ def time_backbone(args: argparse.Namespace, backbone: str, variants: list[str], 
     if "dale_jvp" in result["variants"]:
         result["partition"]["share_of_dale_jvp_iteration"] = (
             args.batch * per_sample / result["variants"]["dale_jvp"]["median_s"])
+    if args.agreement_batches:
+        # the weights the exact variant reached over the rounds (trained a little), else the initial ones
+        source = next((r for r in runners if r.name == "dale_jvp"), None)
+        net, opt = (source.network, source.optimizer) if source else (
+            network, torch.optim.Adam(network.parameters(), lr=LR))
+        print(f"[{backbone}] agreement with the exact jvp meta gradient on {args.agreement_batches} batch(es) ...",
+              flush=True)
+        result["agreement"] = measure_agreement(net, opt, batches[:args.agreement_batches], args.agreement_rel_eps)
+        result["agreement"]["weights"] = ("dale_jvp after its warm-up and timing rounds" if source
+                                          else "initial weights")
     return result
 
 
@@ -478,7 +579,8 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict:
         "warmup": args.warmup,
         "optimizer": f"Adam(lr={LR})",
         "loss": "DALELoss() (per-pixel BCE, mean)",
-        "omega": "OmegaMetaStep(lr=0.1, eps=1e-8, steps=1, reduction='mean'), inner_lr = optimizer lr",
+        "omega": "OmegaMetaStep(lr=0.1, eps=1e-8, steps=1, reduction='mean', rule='adam') with each variant's "
+                 "method and scope, inner_lr = optimizer lr",
         "partition": "FuzzyPartition() defaults: 16x16 patches, tau 0.9, 256 bins, morph edges, paper entropy",
         "data": "data_prep.synthetic.generate_case (one lesion, noisy label), seed " + str(args.seed),
     }
@@ -486,20 +588,28 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict:
 
 def evaluate_targets(results: dict) -> list[dict]:
     out = []
-    for name, backbone, quantity, limit in TARGETS:
+    for name, backbone, variant, quantity, limit in TARGETS:
         b = results["backbones"].get(backbone)
         value = None
         if b is not None:
-            if quantity == "time_ratio" and "dale_jvp" in b["variants"]:
-                value = b["variants"]["dale_jvp"]["ratio_paired_median"]
-            elif quantity == "partition_share":
+            if quantity == "time_ratio" and variant in b.get("variants", {}):
+                value = b["variants"][variant]["ratio_paired_median"]
+            elif quantity == "partition_share" and "partition" in b:
                 value = b["partition"].get("share_of_dale_jvp_iteration")
             elif quantity == "memory_ratio" and "memory" in b:
                 mem = b["memory"]
-                if "increment_mib" in mem.get("dale_jvp", {}) and "increment_mib" in mem.get("standard", {}):
-                    value = mem["dale_jvp"]["increment_mib"] / max(mem["standard"]["increment_mib"], 1e-9)
-        met = None if value is None else (value < limit if quantity == "partition_share" else value <= limit)
-        out.append({"target": name, "quantity": quantity, "value": value, "limit": limit, "met": met})
+                if "increment_mib" in mem.get(variant, {}) and "increment_mib" in mem.get("standard", {}):
+                    value = mem[variant]["increment_mib"] / max(mem["standard"]["increment_mib"], 1e-9)
+            elif quantity == "sign_agreement" and "agreement" in b:
+                value = b["agreement"]["summary"].get(variant, {}).get("sign_agreement_mean")
+        if quantity == "partition_share":
+            met = None if value is None else value < limit
+        elif quantity == "sign_agreement":
+            met = None if value is None else value >= limit
+        else:
+            met = None if value is None else value <= limit
+        out.append({"target": name, "variant": variant, "quantity": quantity, "value": value, "limit": limit,
+                    "met": met})
     return out
 
 
@@ -524,13 +634,13 @@ def render_markdown(results: dict) -> str:
         "rounds of the ratio within a round.",
         "",
         *([] if results.get("complete", True) else ["**Partial results: the run is still going or was stopped.**", ""]),
-        "## Targets (issue 3)",
+        "## Targets (issues 3 and 14)",
         "",
         "| target | measured | met |",
         "|---|---|---|",
     ]
     for t in results["targets"]:
-        value = _fmt(t["value"], ".2%" if t["quantity"] == "partition_share" else ".2f")
+        value = _fmt(t["value"], ".2%" if t["quantity"] in ("partition_share", "sign_agreement") else ".2f")
         lines.append(f"| {t['target']} | {value} | {'n/a' if t['met'] is None else ('yes' if t['met'] else 'NO')} |")
     for backbone, b in results["backbones"].items():
         lines += ["", f"## {backbone}: {b['network']}, {b['parameters']:,} parameters", "",
@@ -569,6 +679,20 @@ def render_markdown(results: dict) -> str:
                     cells.append(f"{e['breakdown_median_s'][phase]:.3f} ({e['breakdown_min_s'][phase]:.3f}) "
                                  f"[{e['breakdown_in_standard_iterations'][phase]:.2f}]")
                 lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+        if "agreement" in b:
+            a = b["agreement"]
+            lines += ["", f"Agreement of the meta gradient g with the exact `jvp` one, on the same batches and weights "
+                      f"({a['weights']}; {a['batches']} batch(es); mean (min) over batches). Sign agreement on the "
+                      f"pixels with |g_jvp| > {a['rel_eps']:g}·max|g_jvp|, within the fuzzy patches (M^f ≥ {a['tau']}) "
+                      "and over all pixels; Spearman rank correlation over all pixels:", "",
+                      "| method | sign agreement | in fuzzy patches | all pixels | Spearman | pixels above threshold |",
+                      "|---|---|---|---|---|---|"]
+            for name, m in a["summary"].items():
+                cells = [f"{_fmt(m[k + '_mean'], '.2%' if k != 'spearman' else '.4f')} "
+                         f"({_fmt(m[k + '_min'], '.2%' if k != 'spearman' else '.4f')})"
+                         for k in ("sign_agreement", "sign_agreement_fuzzy", "sign_agreement_all_pixels", "spearman",
+                                   "selected_fraction")]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if "standard" in b["variants"]:
             e = b["variants"]["standard"]
             lines += ["", "Standard iteration, median (min) s: " + ", ".join(
@@ -600,6 +724,12 @@ NOTES = [
     "virtual gradient, v pass, fuzzy step), against one forward and one backward for the standard iteration, plus "
     "the tangent half of the jvp (about one more forward's work, two for convolutions). Its ratio is therefore "
     "4 + (tangents - one Adam step) / standard iteration, above 4.0 for any network.",
+    "first_order variants: meta_jvp is their whole meta gradient (one Jacobian-vector product along the non-fuzzy "
+    "step's gradient, through the whole network or, for dale_first_order_head, through the head alone on the "
+    "pre-head features recorded in the fuzzy forward); they have no virtual step and no v pass. Their iteration "
+    "runs the network forward three times (non-fuzzy step, fuzzy forward, the primal half of the jvp; the head "
+    "variant only the head a third time) and backward twice, plus the jvp's tangents and a copy of the "
+    "non-fuzzy gradient.",
     "Memory: RSS of a fresh Python process per (backbone, variant), measured with the kernel's peak-RSS mark "
     "reset after set-up (/proc/self/clear_refs = 5, then VmHWM); the increment is the iteration's working "
     "memory. The memory target compares increments (absolute RSS includes ~0.3-0.5 GiB of libraries that "
@@ -610,12 +740,12 @@ NOTES = [
 # --------------------------------------------------------------------------------------------- main
 
 
-def write_results(results: dict, out_dir: Path, complete: bool) -> None:
-    """Evaluate the targets on what was measured and write ``speed.json`` and ``speed.md``."""
+def write_results(results: dict, out_dir: Path, complete: bool, name: str = "speed") -> None:
+    """Evaluate the targets on what was measured and write ``<name>.json`` and ``<name>.md``."""
     results["complete"] = complete
     results["targets"] = evaluate_targets(results)
-    (out_dir / "speed.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "speed.md").write_text(render_markdown(results))
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / f"{name}.md").write_text(render_markdown(results))
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -637,7 +767,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory-iterations", type=int, default=2, help="iterations per memory subprocess")
     p.add_argument("--memory-jobs", type=int, default=1, help="memory subprocesses run at once")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for speed.{md,json}")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="folder for <name>.{md,json}")
+    p.add_argument("--name", default="speed", help="file stem of the results (e.g. speed_fast_omega)")
+    p.add_argument("--agreement-batches", type=int, default=None,
+                   help="batches on which the approximate meta gradients are compared with jvp's (default: all "
+                        "--batches; 0 skips)")
+    p.add_argument("--agreement-rel-eps", type=float, default=1e-3,
+                   help="sign agreement counts pixels with |g_jvp| above this fraction of max |g_jvp|")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("size", "batch", "repeats", "batches", "threads", "memory_iterations", "memory_jobs"):
@@ -645,6 +781,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         p.error(f"--warmup must be >= 0, got {args.warmup}")
+    if args.agreement_batches is None:
+        args.agreement_batches = args.batches
+    if not 0 <= args.agreement_batches <= args.batches:
+        p.error(f"--agreement-batches must be in [0, --batches={args.batches}], got {args.agreement_batches}")
+    if not 0 <= args.agreement_rel_eps < 1:
+        p.error(f"--agreement-rel-eps must be in [0, 1), got {args.agreement_rel_eps}")
+    if not args.name or "/" in args.name:
+        p.error(f"--name must be a plain file stem, got {args.name!r}")
     return args
 
 
@@ -691,13 +835,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forward_ad vs torch.func.jvp meta gradient, max relative difference: {diff:.2e}", flush=True)
     for backbone in backbones:
         results["backbones"][backbone] = time_backbone(args, backbone, variants, batches, partition, samples)
-        write_results(results, out_dir, complete=False)  # a long run keeps what it measured so far
+        write_results(results, out_dir, complete=False, name=args.name)  # a long run keeps what it measured so far
     if mem_backbones:
         print(f"peak memory: one fresh process per variant for {mem_backbones} ...", flush=True)
         memory = measure_memory(args, mem_backbones, mem_variants)
         for backbone, per_variant in memory.items():
             results["backbones"].setdefault(backbone, {})["memory"] = per_variant
-    write_results(results, out_dir, complete=True)
+    write_results(results, out_dir, complete=True, name=args.name)
     print()
     for backbone, b in results["backbones"].items():
         for v, e in b.get("variants", {}).items():
@@ -705,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(paired {e['ratio_paired_median']:.2f}x)")
     for t in results["targets"]:
         print(f"target: {t['target']}: {t['value']} -> {'met' if t['met'] else 'NOT met' if t['met'] is not None else 'n/a'}")
-    print(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+    print(f"wrote {out_dir / (args.name + '.json')} and {out_dir / (args.name + '.md')}")
     return 0
 
 

@@ -11,7 +11,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_speed.py"
-TINY = ["--size", "32", "--batch", "1", "--repeats", "1", "--warmup", "0", "--backbones", "unet"]
+TINY = ["--size", "32", "--batch", "1", "--repeats", "1", "--warmup", "0", "--backbones", "unet"]  # 2 batches
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def keep_threads():
 
 @pytest.mark.slow
 def test_tiny_run_writes_results_with_every_field(bench, tmp_path, keep_threads):
-    variants = "standard,dale_jvp,dale_jvp_w,dale_double_backward"
+    variants = "standard,dale_jvp,dale_jvp_w,dale_double_backward,dale_first_order,dale_first_order_head"
     # memory of two variants only: each is a fresh Python process (seconds to import torch)
     argv = TINY + ["--variants", variants, "--memory-variants", "standard,dale_jvp", "--memory-iterations", "1",
                    "--memory-jobs", "2", "--out", str(tmp_path)]
@@ -56,8 +56,11 @@ def test_tiny_run_writes_results_with_every_field(bench, tmp_path, keep_threads)
     assert jvp["meta_second_backward"] == 0
     db = unet["variants"]["dale_double_backward"]["breakdown_median_s"]
     assert db["meta_second_backward"] > 0 and db["meta_jvp"] == 0
+    for name in ("dale_first_order", "dale_first_order_head"):  # one jvp, no virtual step, no v pass
+        fo = unet["variants"][name]["breakdown_median_s"]
+        assert fo["meta_jvp"] > 0 and fo["meta_v_pass"] == 0 and fo["meta_virtual_grad"] == 0, name
     # the phases of an iteration add up to its total
-    for name in ("dale_jvp", "dale_double_backward"):
+    for name in ("dale_jvp", "dale_double_backward", "dale_first_order", "dale_first_order_head"):
         rnd = unet["variants"][name]["breakdown_per_round_s"][0]
         assert sum(v for k, v in rnd.items() if k != "total") == pytest.approx(rnd["total"], rel=1e-6), name
     assert {"forward", "backward_and_step"} <= set(unet["variants"]["standard"]["breakdown_median_s"])
@@ -69,14 +72,34 @@ def test_tiny_run_writes_results_with_every_field(bench, tmp_path, keep_threads)
         assert mem["peak_rss_mib"] >= mem["rss_before_mib"] > 0, name
         assert mem["increment_mib"] == pytest.approx(mem["peak_rss_mib"] - mem["rss_before_mib"])
 
-    targets = {t["quantity"]: t for t in results["targets"]}
-    assert set(targets) == {"time_ratio", "partition_share", "memory_ratio"}
+    agreement = unet["agreement"]
+    assert agreement["batches"] == 2 and len(agreement["per_batch"]) == 2 * 3
+    assert set(agreement["summary"]) == {"first_order", "first_order_head", "jvp_head"}
+    for name, m in agreement["summary"].items():
+        assert 0 <= m["sign_agreement_min"] <= m["sign_agreement_mean"] <= 1, name
+        assert -1 <= m["spearman_mean"] <= 1 and 0 < m["selected_fraction_mean"] <= 1, name
+
+    targets = {(t["variant"], t["quantity"]): t for t in results["targets"]}
+    assert {q for _, q in targets} == {"time_ratio", "partition_share", "memory_ratio", "sign_agreement"}
+    assert ("dale_first_order", "time_ratio") in targets and ("first_order_head", "sign_agreement") in targets
     for t in targets.values():
         assert isinstance(t["value"], float) and isinstance(t["met"], bool)
-        assert t["met"] == (t["value"] < t["limit"] if t["quantity"] == "partition_share" else t["value"] <= t["limit"])
+        expected = {"partition_share": t["value"] < t["limit"], "sign_agreement": t["value"] >= t["limit"]}
+        assert t["met"] == expected.get(t["quantity"], t["value"] <= t["limit"])
 
     md = (tmp_path / "speed.md").read_text()
     assert env["commit"] in md and "dale_double_backward" in md and "Targets" in md
+    assert "dale_first_order_head" in md and "Spearman" in md
+
+
+@pytest.mark.slow
+def test_results_go_to_the_named_files(bench, tmp_path, keep_threads):
+    argv = TINY + ["--variants", "standard,dale_first_order_head", "--memory-backbones", "none",
+                   "--agreement-batches", "1", "--name", "speed_fast_omega", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["speed_fast_omega.json", "speed_fast_omega.md"]
+    results = json.loads((tmp_path / "speed_fast_omega.json").read_text())
+    assert results["backbones"]["unet"]["agreement"]["batches"] == 1
 
 
 def test_a_run_without_the_standard_iteration_is_refused(bench, tmp_path):

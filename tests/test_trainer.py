@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -227,3 +229,108 @@ def test_out_of_memory_gives_an_actionable_message():
     net.register_forward_hook(oom)
     with pytest.raises(torch.OutOfMemoryError, match=r"(?s)batch size.*spatial_size.*Tried to allocate"):
         trainer.run()
+
+
+# the ω options of issue 14: the approximate first_order method, the head scope, the l2rw rule, K > 1
+OMEGA_OPTIONS = [
+    dict(method="first_order"),
+    dict(method="first_order", scope="head"),
+    dict(method="jvp", scope="head"),
+    dict(method="double_backward", scope="head"),
+    dict(method="jvp", rule="l2rw"),
+    dict(method="first_order", rule="l2rw", scope="head"),
+    dict(method="first_order", steps=3, reduction="sum"),
+    dict(method="jvp", steps=2, lr=1.0, reduction="normalized"),
+]
+
+
+@pytest.mark.parametrize("kwargs", OMEGA_OPTIONS, ids=lambda k: "-".join(f"{v}" for v in k.values()))
+def test_every_omega_option_trains_deterministically(kwargs):
+    weights, omegas = [], []
+    for _ in range(2):
+        trainer, net, _ = _trainer(epochs=2, omega_step=OmegaMetaStep(**kwargs))
+        seen = []
+        trainer.add_event_handler(DALEEvents.OMEGA_COMPLETED, lambda e: seen.append(e.state.output[DALEKeys.OMEGA]))
+        trainer.run()
+        weights.append([p.detach().clone() for p in net.parameters()])
+        omegas.append(seen)
+        tracked = [int(m.num_batches_tracked) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert tracked and all(t == 6 for t in tracked)  # the non-fuzzy forwards only: virtual passes write nothing
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+    assert len(omegas[0]) == 6 and all(torch.equal(a, b) for a, b in zip(*omegas))
+    assert all(torch.isfinite(w).all() and not torch.equal(w, torch.ones_like(w)) for w in omegas[0])
+    out = _last(trainer)
+    assert 0 <= out[DALEKeys.OMEGA_SMALL_GRAD] <= 1
+
+
+class _KeepArgs:
+    """An ω step that records what the trainer hands it."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, []
+
+    def __getattr__(self, name):
+        return getattr(self.step, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append(kwargs)
+        return self.step(*args, **kwargs)
+
+
+def test_first_order_gets_the_unclipped_nonfuzzy_gradient_at_theta():
+    data = _data(n=1)
+    torch.manual_seed(0)
+    net = UNet(2, 1, 1, (4, 8), (2,), num_res_units=1, norm="batch")
+    reference = copy.deepcopy(net)
+    d = data[0]
+    _bce(reference(d["image"] * d["mask_n"]), d["label"] * d["mask_n"]).mean().backward()
+    step = _KeepArgs(OmegaMetaStep(method="first_order"))
+    trainer, net, _ = _trainer(net=net, data=data, omega_step=step, clip_grad_norm=1e-6)
+    trainer.run()
+    (kwargs,) = step.calls
+    v = kwargs["nonfuzzy_grad"]
+    assert set(v) == {n for n, _ in net.named_parameters()}
+    for n, p in reference.named_parameters():
+        torch.testing.assert_close(v[n], p.grad)  # before clipping (1e-6) and before the optimizer step
+    assert torch.equal(kwargs["fuzzy_mask"], d["mask_f"])
+    # an exact method gets no gradient copy
+    exact = _KeepArgs(OmegaMetaStep(method="jvp"))
+    _trainer(data=data, omega_step=exact)[0].run()
+    assert exact.calls[0]["nonfuzzy_grad"] is None
+
+
+class _PostProcessed(torch.nn.Module):
+    """The head's output is not the network's output: the trainer cannot re-run the head alone."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x) * 1.0
+
+
+@pytest.mark.parametrize("method", ["first_order", "jvp"])
+def test_head_scope_falls_back_to_the_whole_network_with_the_same_result(method):
+    data = _data(n=2)
+    runs = []
+    for wrap in (False, True):
+        torch.manual_seed(0)
+        net = UNet(2, 1, 1, (4, 8), (2,), num_res_units=1, norm="batch")
+        model = _PostProcessed(net) if wrap else net
+        step = OmegaMetaStep(method=method, scope="head", reduction="sum", head_layer="net.model.2" if wrap else None)
+        trainer = DALETrainer("cpu", 1, data, model, torch.optim.Adam(model.parameters(), lr=1e-3), _bce,
+                              omega_step=step)
+        seen = []
+        trainer.add_event_handler(DALEEvents.OMEGA_COMPLETED, lambda e: seen.append(e.state.output[DALEKeys.OMEGA]))
+        if wrap:
+            with pytest.warns(UserWarning, match="re-runs the whole network"):
+                trainer.run()
+        else:
+            trainer.run()
+        runs.append((seen, [p.detach().clone() for p in net.parameters()]))
+    (fast_w, fast_p), (slow_w, slow_p) = runs
+    for a, b in zip(fast_w, slow_w):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    for a, b in zip(fast_p, slow_p):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

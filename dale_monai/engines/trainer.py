@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+import warnings
+from contextlib import nullcontext
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -14,7 +16,15 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from ..meta import OmegaMetaStep, logits_of, network_closures, virtual_norm_mode
+from ..meta import (
+    HeadCall,
+    OmegaMetaStep,
+    capture_calls,
+    head_parameters,
+    logits_of,
+    network_closures,
+    virtual_norm_mode,
+)
 from ..networks import unwrap_model
 from .utils import DALEEvents, DALEKeys
 
@@ -74,7 +84,10 @@ class DALETrainer(SupervisedTrainer):
             meta step) and ``forward(pred, target, weight=None, extra=None)`` (the scalar of a real step, e.g.
             :class:`dale_monai.losses.DALELoss`), or a callable returning a per-pixel map (B, 1, *spatial) that
             is then reduced as mean(weight ⊙ (map + extra)).
-        omega_step: the ω meta step; ``None`` keeps ω = 1 (the "without ω" ablation).
+        omega_step: the ω meta step (:class:`dale_monai.meta.OmegaMetaStep`); ``None`` keeps ω = 1 (the "without ω"
+            ablation). For ``method="first_order"`` the trainer keeps a copy of the non-fuzzy step's gradient (one
+            parameter-sized copy) and hands it to the step; for ``scope="head"`` it records the head's input in the
+            real fuzzy forward so that the step re-runs the head alone.
         inner_lr: η of the virtual SGD step; ``None`` reads the optimizer's current learning rate
             (first parameter group) every iteration, so LR schedules apply.
         mask_mode: ``"paper"``: Y^n = M^n ⊙ Y and Y^f = M^f ⊙ Y for binary (one-channel) networks, as in
@@ -185,6 +198,8 @@ class DALETrainer(SupervisedTrainer):
         self.clip_grad_norm = clip_grad_norm
         self.nonfinite = nonfinite
         self.norm_stats = norm_stats
+        self._nonfuzzy_grad: dict[str, Tensor | None] | None = None
+        self._warned_head = False
 
     # ----------------------------------------------------------------------------------------- losses
     @staticmethod
@@ -247,12 +262,18 @@ class DALETrainer(SupervisedTrainer):
             "nonfinite='skip' to drop such batches."
         )
 
-    def _optimizer_step(self, engine: DALETrainer, loss: Tensor, term: str) -> None:
+    def _optimizer_step(self, engine: DALETrainer, loss: Tensor, term: str, keep_grad: bool = False
+                        ) -> dict[str, Tensor] | None:
+        """Backward and optimizer step; with ``keep_grad`` return a copy of the (unscaled, unclipped) gradient."""
         self.check_finite(engine, loss.detach(), term)
+        kept = None
         if engine.amp and engine.scaler is not None:
             engine.scaler.scale(loss).backward()
-            if self.clip_grad_norm is not None:
+            if self.clip_grad_norm is not None or keep_grad:
                 engine.scaler.unscale_(engine.optimizer)
+            if keep_grad:
+                kept = self._copy_grads(engine)
+            if self.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
             engine.scaler.step(engine.optimizer)
             engine.scaler.update()
@@ -261,12 +282,24 @@ class DALETrainer(SupervisedTrainer):
             grads = [p.grad.detach().norm() for p in engine.network.parameters() if p.grad is not None]
             if grads:
                 self.check_finite(engine, torch.stack(grads), f"gradient of the {term}")
+            if keep_grad:
+                kept = self._copy_grads(engine)
             if self.clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(engine.network.parameters(), self.clip_grad_norm)
             engine.optimizer.step()
+        return kept
+
+    @staticmethod
+    def _copy_grads(engine: DALETrainer) -> dict[str, Tensor | None]:
+        # a copy: the optimizer step, clipping or zero_grad may change .grad in place
+        return {n: None if p.grad is None else p.grad.detach().clone()
+                for n, p in unwrap_model(engine.network).named_parameters() if p.requires_grad}
 
     def nonfuzzy_step(self, engine: DALETrainer, x_n: Tensor, targets: Tensor, mask_n: Tensor) -> tuple:
         """Eq. 1: one optimizer step on the non-fuzzy region (θ → θ_n).
+
+        When the meta step needs it (``OmegaMetaStep.needs_nonfuzzy_grad``), a copy of this step's gradient
+        (after AMP unscaling, before clipping and the optimizer step) is kept for :meth:`confidence_step`.
 
         Returns:
             L_n (detached), and the non-fuzzy target and loss weight (reused by the meta step).
@@ -277,33 +310,70 @@ class DALETrainer(SupervisedTrainer):
         engine.fire_event(DALEEvents.NONFUZZY_FORWARD_COMPLETED)
         y_n, w_n = self.region_target(targets, mask_n, pred_n.shape[1])
         loss_n = self.reduced_loss(pred_n, y_n, w_n)
-        self._optimizer_step(engine, loss_n, "non-fuzzy loss")
+        keep = self.omega_step is not None and getattr(self.omega_step, "needs_nonfuzzy_grad", False)
+        # the first_order meta step uses this gradient (at θ) instead of a pass at θ_p
+        self._nonfuzzy_grad = self._optimizer_step(engine, loss_n, "non-fuzzy loss", keep_grad=keep)
         engine.fire_event(DALEEvents.NONFUZZY_COMPLETED)
         return loss_n.detach(), y_n, w_n
 
     def confidence_step(
         self, engine: DALETrainer, loss_map_f: Tensor, x_f: Tensor, y_f: Tensor, x_n: Tensor, y_n: Tensor,
-        w_n: Tensor | None,
+        w_n: Tensor | None, mask_f: Tensor | None = None, nonfuzzy_grad: Mapping[str, Tensor | None] | None = None,
+        head_call: HeadCall | None = None,
     ) -> Tensor:
-        """Eqs. 8–11: ω* per pixel, from the fuzzy loss map at θ_n (graph kept) and the non-fuzzy batch."""
-        if self.omega_step is None:
+        """Eqs. 8–11: ω* per pixel, from the fuzzy loss map at θ_n (graph kept) and the non-fuzzy batch.
+
+        Args:
+            engine: this trainer.
+            loss_map_f: ℓ at θ_n, (B, 1, *spatial), with its graph.
+            x_f, y_f: the fuzzy step's input and target.
+            x_n, y_n, w_n: the non-fuzzy step's input, target and loss weight.
+            mask_f: M^f, the normalisation weight of ``rule="l2rw"``.
+            nonfuzzy_grad: the non-fuzzy step's gradient at θ, name → tensor (``method="first_order"``).
+            head_call: for ``scope="head"``: the head's call in the real fuzzy forward when its output is the
+                logits; the meta step then re-runs the head alone on its recorded input. ``None`` re-runs the
+                whole network (same result, slower).
+        """
+        step = self.omega_step
+        if step is None:
             engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = float("nan")
             return torch.ones_like(loss_map_f).detach()
+        if getattr(step, "needs_nonfuzzy_grad", False):
+            if nonfuzzy_grad is None:
+                raise ValueError(f"{step!r} needs the non-fuzzy step's gradient (nonfuzzy_grad)")
+            if engine.amp and not all(bool(torch.isfinite(g).all()) for g in nonfuzzy_grad.values() if g is not None):
+                # the GradScaler skips this non-fuzzy step and lowers its scale; ω = 1 for this batch
+                engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = float("nan")
+                return torch.ones_like(loss_map_f).detach()
         net = unwrap_model(engine.network)
+        if getattr(step, "scope", "full") == "head":
+            head = step.head_module(net)
+            params = head_parameters(net, head)
+        else:
+            head, params = None, dict(net.named_parameters())
         fuzzy_map, nonfuzzy_loss = network_closures(
-            net, x_f, lambda out: self.pixel_loss_map(out, y_f), x_n, lambda out: self.reduced_loss(out, y_n, w_n)
+            net, x_f, lambda out: self.pixel_loss_map(out, y_f), x_n, lambda out: self.reduced_loss(out, y_n, w_n),
+            head_call=None if head is None or head_call is None else (head, head_call),
         )
         eta = self.inner_lr if self.inner_lr is not None else float(engine.optimizer.param_groups[0]["lr"])
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         with virtual_norm_mode(net):
-            result = self.omega_step(
-                loss_map_f, dict(net.named_parameters()), fuzzy_map, nonfuzzy_loss, eta,
+            result = step(
+                loss_map_f, params, fuzzy_map, nonfuzzy_loss, eta,
                 grad_reducer=_all_reduce_mean if distributed else None,
                 world_size=dist.get_world_size() if distributed else 1,
+                nonfuzzy_grad=nonfuzzy_grad, fuzzy_mask=mask_f,
             )
         engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = result.frac_small_grad
         self.check_finite(engine, result.omega, "ω (meta step)")
         return result.omega
+
+    def _fuzzy_head(self, engine: DALETrainer) -> nn.Module | None:
+        """The head whose input the fuzzy forward records for a head-scope meta step, else None."""
+        step = self.omega_step
+        if step is None or getattr(step, "scope", "full") != "head":
+            return None
+        return step.head_module(unwrap_model(engine.network))
 
     def fuzzy_step(
         self, engine: DALETrainer, pred_f: Tensor, y_f: Tensor, weight_f: Tensor, terms: list
@@ -346,6 +416,7 @@ class DALETrainer(SupervisedTrainer):
     def _dale_iteration(self, engine: DALETrainer, batchdata: dict[str, Tensor]) -> dict:
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        self._nonfuzzy_grad = None
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets = batch[0], batch[1]
         mask_n, mask_f = self._batch_masks(batchdata, inputs)
@@ -362,20 +433,30 @@ class DALETrainer(SupervisedTrainer):
 
         loss_n, y_n, w_n = self.nonfuzzy_step(engine, x_n, targets, mask_n)
 
+        nonfuzzy_grad, self._nonfuzzy_grad = self._nonfuzzy_grad, None
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        if self.norm_stats == "nonfuzzy":
-            # the fuzzy input M^f ⊙ X is darkened almost everywhere: its feature statistics would skew the
-            # running BatchNorm estimates that evaluation on raw images relies on
-            with virtual_norm_mode(unwrap_model(engine.network)):
-                pred_f = self._forward(engine, x_f)
-        else:
+        head = self._fuzzy_head(engine)
+        # the fuzzy input M^f ⊙ X is darkened almost everywhere: with norm_stats="nonfuzzy" its feature
+        # statistics do not enter the running BatchNorm estimates that evaluation on raw images relies on
+        norm_mode = virtual_norm_mode(unwrap_model(engine.network)) if self.norm_stats == "nonfuzzy" else nullcontext()
+        with norm_mode, capture_calls(head) if head is not None else nullcontext([]) as head_calls:
             pred_f = self._forward(engine, x_f)
+        head_call = head_calls[0] if len(head_calls) == 1 and head_calls[0].output is pred_f else None
+        if head is not None and head_call is None and not self._warned_head:
+            self._warned_head = True
+            warnings.warn(
+                f"the ω meta step's head ({type(head).__name__}) ran {len(head_calls)} time(s) in the fuzzy forward "
+                "and its output is not the network's logits (a post-processing network or inferer, deep "
+                "supervision): scope='head' re-runs the whole network instead of the head alone (same ω, slower)",
+                stacklevel=2,
+            )
         engine.fire_event(DALEEvents.FUZZY_FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         y_f, w_f = self.region_target(targets, mask_f, pred_f.shape[1])
         loss_map_f = self.pixel_loss_map(pred_f, y_f)
 
-        omega = self.confidence_step(engine, loss_map_f, x_f, y_f, x_n, y_n, w_n)
+        omega = self.confidence_step(engine, loss_map_f, x_f, y_f, x_n, y_n, w_n, mask_f=mask_f,
+                                     nonfuzzy_grad=nonfuzzy_grad, head_call=head_call)
         fuzzy = mask_f > 0
         out = engine.state.output
         out[DALEKeys.OMEGA] = omega

@@ -9,6 +9,7 @@ events, AMP, gradient clipping, non-finite checks, checkpoint coverage); a parad
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -87,7 +88,13 @@ def optimizer_like(optimizer: Optimizer, network: nn.Module) -> Optimizer:
     if len(optimizer.param_groups) != 1:
         raise ValueError(f"optimizer_like: {type(optimizer).__name__} has {len(optimizer.param_groups)} parameter "
                          "groups; build the optimizer of each network yourself")
-    return type(optimizer)(network.parameters(), **optimizer.defaults)
+    cls = type(optimizer)
+    accepted = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        settings = dict(optimizer.defaults)
+    else:  # some record more than their constructor takes (AdamW: decoupled_weight_decay)
+        settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    return cls(network.parameters(), **settings)
 
 
 class MultiNetworkTrainer(SupervisedTrainer):

@@ -792,11 +792,13 @@ def mwnet_overlay(train: dict, ds: dict) -> dict:
             "dataloader": {"_target_": "DataLoader", "dataset": "@meta#dataset", "batch_size": "@mwnet#meta_batch_size",
                            "shuffle": True, "num_workers": "@num_workers"},
         },
-        "train#trainer": _paradigm_trainer(
-            "dale_monai.engines.MetaReweightTrainer", network="@network", optimizer="@optimizer",
-            meta_data_loader="@meta#dataloader", rule="@mwnet#rule", weight_net="@mwnet#weight_net",
-            meta_optimizer="@mwnet#optimizer", meta_method="@mwnet#meta_method",
-        ),
+        # the meta loader first: MONAI resolves references in order, so a missing meta section stops the run
+        # before the training set is cached
+        "train#trainer": {"_target_": "dale_monai.engines.MetaReweightTrainer", "meta_data_loader": "@meta#dataloader",
+                          **_paradigm_trainer(
+                              "dale_monai.engines.MetaReweightTrainer", network="@network", optimizer="@optimizer",
+                              rule="@mwnet#rule", weight_net="@mwnet#weight_net", meta_optimizer="@mwnet#optimizer",
+                              meta_method="@mwnet#meta_method")},
         **_NO_DALE,
         **_save_dict(train, {"weight_net": "@mwnet#weight_net", "meta_optimizer": "@mwnet#optimizer"}),
     }

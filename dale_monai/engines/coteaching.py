@@ -34,7 +34,8 @@ class CoTeachingTrainer(MultiNetworkTrainer):
     between ``ramp_start`` and ``ramp_end`` (:func:`dale_monai.coteaching.keep_ratio`), t being the number of
     iterations completed before the current one.
 
-    Cost: two forward and backward passes per batch (about 2× standard training), two networks' memory.
+    Cost: two forward and backward passes per batch (2.1× standard training per iteration on the default
+    bundle's network, ``benchmarks/results/paradigms_speed.md``), two networks' memory.
     Network 0 is the model that is validated and saved (see :class:`MultiNetworkTrainer`).
 
     ``engine.state.output`` adds ``keep_ratio`` (r(t)) and ``selected_i`` (share of pixels network i trained on)

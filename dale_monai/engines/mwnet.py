@@ -79,9 +79,10 @@ class MetaReweightTrainer(SupervisedTrainer):
     epoch-end checkpoint draws the same meta batches as an uninterrupted one; the meta pipeline's own random
     transforms, if any, are not in the checkpoint's random states (keep it deterministic, as the bundles do).
 
-    Cost: MW-Net about 3× standard training per iteration (the meta batch's forward and backward at the
-    virtual parameters, a forward-mode product of the training loss map, the weight network on every pixel:
-    O(pixels × ``hidden_features``) memory); L2RW about 2.5× (no virtual step).
+    Cost per iteration, measured against MONAI's standard trainer on the default bundle's network (CPU,
+    ``benchmarks/results/paradigms_speed.md``): MW-Net 4.6× (the virtual step, the meta batch's forward and
+    backward at the virtual parameters, a forward-mode product of the training loss map, the weight network on
+    every pixel: O(pixels × ``hidden_features``) memory), L2RW 3.1× (no virtual step, no weight network).
 
     **Checkpoints.** :meth:`checkpoint_objects` names what to save: ``model``, ``optimizer`` and, for MW-Net,
     ``weight_net`` and ``meta_optimizer``; a ``LastCheckpoint`` among ``train_handlers`` that misses one is

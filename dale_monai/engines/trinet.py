@@ -28,7 +28,8 @@ class TriNetTrainer(CoTeachingTrainer):
     PyMIC thresholds each loss at ``torch.quantile``; this selects exactly ⌊r·N⌋ pixels with ``kthvalue``,
     which also works above 2^24 pixels.
 
-    Cost: three forward and backward passes per batch (about 3× standard training), three networks' memory.
+    Cost: three forward and backward passes per batch (3.1× standard training per iteration on the default
+    bundle's network, ``benchmarks/results/paradigms_speed.md``), three networks' memory.
     """
 
     num_networks = 3

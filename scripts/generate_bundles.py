@@ -617,7 +617,7 @@ With MONAI's standard `SupervisedTrainer` instead of DALE (for comparison), add 
 
     python -m monai.bundle run training {_cli(name, 'train.json', 'plain_train.json')}
 
-{paradigms_readme(name)}
+{paradigms_readme(name, ds)}
 ### Several GPUs (or CPU processes)
 
     torchrun --nproc_per_node=2 -m monai.bundle run training {_cli(name, 'train.json', 'multi_gpu_train.json')}
@@ -826,16 +826,17 @@ def paradigm_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     return out
 
 
-def paradigms_readme(name: str) -> str:
+def paradigms_readme(name: str, ds: dict) -> str:
     """The bundle README's paragraph on the other training paradigms."""
+    meta = meta_prepare_hint(ds).replace("{out}", ds["dataset_dir"])
     lines = "\n".join(f"- {what}:\n\n      python -m monai.bundle run training {_cli(name, 'train.json', f)}\n"
                       for f, what in PARADIGMS.items())
     return f"""Other noisy-label paradigms, each one overlay away (the repository's README compares them):
 
 {lines}
 Co-teaching and TriNet train 2 and 3 copies of `network_def`; the first is the one validated and saved as
-`models/model.pt` (so inference, MONAI Label and `predict` are unchanged), the checkpoint holds them all. MW-Net
-needs a clean `meta` section in the datalist (training stops with the `data_prep` option that writes it).
+`models/model.pt` (so inference, MONAI Label and `predict` are unchanged), the checkpoint holds them all.
+{meta}.
 Settings: `--coteaching#select_ratio 0.85 --coteaching#ramp_start 100 --coteaching#ramp_end 800` (iterations;
 default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwnet#rule l2rw`. Put
 `multi_gpu_train.json` last to combine one with torchrun.

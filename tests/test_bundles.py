@@ -365,3 +365,26 @@ def test_mwnet_without_a_meta_section_names_the_data_prep_option(name, tmp_path)
     message = "\n".join(chain)
     assert "section 'meta' is missing" in message and option in message, message
     assert f"python -m data_prep" in message and str(tmp_path) in message
+
+
+@pytest.mark.parametrize(("overlay", "override", "option"), [
+    ("coteaching_train.json", {"coteaching#select_ratio": 1.5}, "select_ratio"),
+    ("trinet_train.json", {"trinet#ramp_start": 50, "trinet#ramp_end": 10}, "ramp_end"),
+    ("coteaching_train.json", {"coteaching#ramp": "cosine"}, "ramp"),
+    ("mwnet_train.json", {"mwnet#rule": "mentor"}, "rule"),
+    ("gce_train.json", {"loss#q": 0.0}, "q must lie in"),
+])
+def test_out_of_range_paradigm_settings_stop_at_construction(overlay, override, option, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    extra = {"meta#dataset#data": _ITEM, "meta#dataset#cache_rate": 0.0} if overlay.startswith("mwnet") else {}
+    workflow = ConfigWorkflow(config_file=_configs("synthetic2d_unet", "train.json", overlay), workflow_type="train",
+                              bundle_root=str(tmp_path), **PLACEHOLDER_DATA, **extra, **override)
+    with pytest.raises(Exception) as err:
+        workflow.initialize()
+        workflow.parser.get_parsed_content("train#trainer")
+    chain, cause = [], err.value
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.__cause__
+    assert any(option in c for c in chain), chain

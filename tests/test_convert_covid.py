@@ -168,3 +168,14 @@ def test_bad_meta_options_name_the_option(tmp_path, capsys, argv, match):
         _run("--src", src, "--out", tmp_path / "o2", "--meta-count", 1, "--meta-fraction", 0.5)
     with pytest.raises(SystemExit):
         _run("--src", src, "--out", tmp_path / "o3", "--meta-fraction", 1.5)
+
+
+def test_real_covid_semiseg_meta_set(real_dataset, tmp_path, capsys):
+    src = real_dataset("covid_semiseg")
+    out = tmp_path / "out"
+    assert _run("--src", src, "--out", out, "--limit", "8", "--meta-count", 3) == 0
+    assert "(training 8, validation 5, test 8, meta 3)" in capsys.readouterr().out
+    dl = read_json(out / "datalist.json")
+    assert all(e["image"].startswith("images/doctor/") for e in dl["meta"])
+    for entry in dl["meta"]:  # radiologists' masks: exactly binary, unlike the soft pseudo-labels
+        assert set(np.unique(read_png(out / entry["label"]))) <= {0, 1}

@@ -244,3 +244,16 @@ def test_nonfinite_input_stops_before_any_step_and_names_the_network():
     with pytest.raises(NonFiniteError, match="network 0"):
         trainer.run()
     assert all(torch.equal(a, p) for ps, n in zip(after_first, nets) for a, p in zip(ps, n.parameters()))
+
+
+def test_default_ramp_needs_a_known_run_length():
+    def stream():  # an iterable without __len__: the run's iterations are unknown when it starts
+        yield from _data(n=2)
+
+    nets = _nets(2)
+    with pytest.raises(ValueError, match="give both in iterations"):
+        CoTeachingTrainer("cpu", 1, stream(), nets, _opts(nets), DALELoss()).run()
+    nets = _nets(2)
+    trainer = CoTeachingTrainer("cpu", 1, stream(), nets, _opts(nets), DALELoss(), ramp_start=0, ramp_end=1)
+    trainer.run()
+    assert trainer.state.iteration == 2

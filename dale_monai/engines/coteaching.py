@@ -125,6 +125,10 @@ class CoTeachingTrainer(MultiNetworkTrainer):
         """(ramp_start, ramp_end) in iterations: the given ones, or :data:`DEFAULT_RAMP_FRACTIONS` of the run's
         ``max_epochs × epoch_length`` (a missing end never precedes a given start, nor a missing start a given end)."""
         total = int(engine.state.max_epochs or 0) * int(engine.state.epoch_length or 0)
+        if total == 0 and (self.ramp_start is None or self.ramp_end is None):
+            raise ValueError(f"{type(self).__name__}: ramp_start and ramp_end default to shares of the run's "
+                             "iterations, which are unknown (a data loader without a length and no epoch_length); "
+                             "give both in iterations")
         start = self.ramp_start if self.ramp_start is not None else round(DEFAULT_RAMP_FRACTIONS[0] * total)
         end = self.ramp_end if self.ramp_end is not None else round(DEFAULT_RAMP_FRACTIONS[1] * total)
         if self.ramp_start is None:

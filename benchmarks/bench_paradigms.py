@@ -11,14 +11,15 @@ iteration and its ratio to ``standard``. Paradigms:
 - ``standard``: :class:`monai.engines.SupervisedTrainer` (the plain overlay);
 - ``gce``, ``sce``: the same trainer with :class:`~dale_monai.robust_losses.GeneralizedCELoss` /
   :class:`~dale_monai.robust_losses.SymmetricCELoss`;
-- ``coteaching``, ``trinet``: :class:`~dale_monai.engines.CoTeachingTrainer`, :class:`~dale_monai.engines.TriNetTrainer`;
+- ``coteaching``, ``trinet``: :class:`~dale_monai.engines.CoTeachingTrainer`,
+  :class:`~dale_monai.engines.TriNetTrainer`;
 - ``mwnet``, ``l2rw``: :class:`~dale_monai.engines.MetaReweightTrainer` (rules ``mwnet``, ``l2rw``), meta batches
   of the same size;
 - ``dale``: :class:`~dale_monai.engines.DALETrainer` as the bundles ship it (ω ``jvp``, Wasserstein handler).
 
 Usage::
 
-    python benchmarks/bench_paradigms.py                                  # writes benchmarks/results/paradigms_speed.{md,json}
+    python benchmarks/bench_paradigms.py                 # writes benchmarks/results/paradigms_speed.{md,json}
     python benchmarks/bench_paradigms.py --rounds 2 --warmup 1 --size 32 --out /tmp/bench   # smoke
 """
 
@@ -134,7 +135,8 @@ def _git(*cmd: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--paradigms", default=",".join(PARADIGMS), help="comma-separated subset of " + ",".join(PARADIGMS))
     p.add_argument("--rounds", type=int, default=12, help="iterations timed per paradigm (after the warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="first rounds left out")
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     base = median.get("standard")
     results = {
         "command": "python " + " ".join([Path(__file__).relative_to(REPO).as_posix(), *(argv or sys.argv[1:])]),
-        "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain", "--", "dale_monai")),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--", "dale_monai")),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
         "bundle": "synthetic2d_unet", "image": [size, size], "batch": settings["batch"], "rounds": args.rounds,
         "seconds_per_iteration": median, "ratio_to_standard": {k: v / base for k, v in median.items()} if base else {},

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from ..coteaching import RAMPS, check_ramp, check_select_ratio, coteaching_weights, keep_ratio
+from ..coteaching import check_ramp, check_select_ratio, coteaching_weights, keep_ratio
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, pixel_loss_map, weighted_loss
 
 __all__ = ["CoTeachingTrainer", "DEFAULT_RAMP_FRACTIONS"]

@@ -65,7 +65,8 @@ def bundle_root(name: str) -> str:
     return str(Path.cwd())
 
 
-def load_datalist(dataset_dir: str, section: str, prepare_command: str, datalist: str = "datalist.json") -> list[dict]:
+def load_datalist(dataset_dir: str, section: str, prepare_command: str, datalist: str = "datalist.json",
+                  missing_hint: str = "") -> list[dict]:
     """Load one section of a dataset's MONAI datalist with absolute paths.
 
     Args:
@@ -73,6 +74,8 @@ def load_datalist(dataset_dir: str, section: str, prepare_command: str, datalist
         section: ``training``, ``validation`` or ``test``.
         prepare_command: the ``data_prep`` command that creates the dataset, quoted in the error.
         datalist: file name of the datalist inside ``dataset_dir``.
+        missing_hint: appended to the error when the section is missing or empty, with ``{out}`` replaced by
+            the dataset folder (e.g. the ``data_prep`` option that writes a ``meta`` section).
 
     Raises:
         DatasetNotFoundError: when the datalist is missing, naming the command that creates it.
@@ -91,7 +94,8 @@ def load_datalist(dataset_dir: str, section: str, prepare_command: str, datalist
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     items = doc.get(section)
     if not items:
-        raise ValueError(f"{path}: section '{section}' is missing or empty (sections: {sorted(doc)})")
+        hint = f" {missing_hint.format(out=root)}" if missing_hint else ""
+        raise ValueError(f"{path}: section '{section}' is missing or empty (sections: {sorted(doc)}).{hint}")
     out, missing = [], []
     for item in items:
         entry = dict(item)

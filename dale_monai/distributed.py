@@ -20,8 +20,8 @@ from torch import nn
 
 from .handlers.checkpoint import LastCheckpoint
 
-__all__ = ["local_device", "init_distributed", "distributed_network", "handlers_for_rank", "ResumeOnly",
-           "OUTPUT_ONLY_HANDLERS"]
+__all__ = ["local_device", "init_distributed", "distributed_network", "network_like", "handlers_for_rank",
+           "ResumeOnly", "OUTPUT_ONLY_HANDLERS"]
 
 #: class names of handlers that only write output (logs, bars, files); dropped on ranks other than 0
 OUTPUT_ONLY_HANDLERS = (
@@ -88,6 +88,23 @@ def distributed_network(
     network = network.to(device)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(network, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def network_like(network: nn.Module, reference: nn.Module, device: torch.device | str) -> nn.Module:
+    """Place ``network`` as ``reference`` is placed: on ``device``, and in ``DistributedDataParallel`` (with the same
+    ``find_unused_parameters``) when ``reference`` is.
+
+    The further networks of a multi-network paradigm (Co-teaching, TriNet) follow the bundle's ``@network``
+    with it, so their overlay works alone and under ``multi_gpu_train.json`` alike.
+
+    Args:
+        network: a further network definition (e.g. ``%network_def``, a copy of the bundle's).
+        reference: the bundle's ``@network``, possibly DDP-wrapped.
+        device: this process's device.
+    """
+    if isinstance(reference, nn.parallel.DistributedDataParallel):
+        return distributed_network(network, device, bool(reference.find_unused_parameters))
+    return network.to(device)
 
 
 class ResumeOnly:

@@ -494,7 +494,8 @@ def _sha256(path: Path) -> str:
 
 def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, protocol: str, seed: int = 0,
                        fraction: float = 1.0, source_key: str | None = None, overwrite: bool = False,
-                       verbose: bool = True, **protocol_kwargs) -> dict:
+                       verbose: bool = True, meta_fraction: float | None = None, meta_count: int | None = None,
+                       **protocol_kwargs) -> dict:
     """Write a seeded noisy copy of a dataset's training labels and a datalist that uses them.
 
     Args:
@@ -508,6 +509,10 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
             (datasets that already carry noisy labels), else ``label``.
         overwrite: allow replacing a ``datalist.json`` in ``out`` that this function did not write.
         verbose: print the per-image and overall noise level.
+        meta_fraction: share of the training cases (chosen by ``seed``, rounded half up) moved, with their clean
+            labels and never corrupted, into a ``meta`` section: the small clean set of meta re-weighting
+            (MW-Net). The noise of the remaining cases is the same as without it.
+        meta_count: the same as a number of cases (give one of the two).
         protocol_kwargs: options of the protocol (see :func:`apply_protocol`).
 
     Returns:
@@ -531,6 +536,19 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
         raise DataPrepError(f"--fraction must be in [0, 1], got {fraction}")
     if seed < 0:
         raise DataPrepError(f"--seed must be non-negative, got {seed}")
+    if meta_fraction is not None and meta_count is not None:
+        raise DataPrepError("--meta-fraction and --meta-count: give one of them")
+    if meta_fraction is not None and not 0.0 < meta_fraction < 1.0:
+        raise DataPrepError(f"--meta-fraction must be in (0, 1), got {meta_fraction}")
+    n_all = len(doc["training"])
+    n_meta = (int(np.floor(meta_fraction * n_all + 0.5)) if meta_fraction is not None else
+              int(meta_count) if meta_count is not None else 0)
+    if (meta_fraction is not None or meta_count is not None) and not 1 <= n_meta <= n_all - 1:
+        option = f"--meta-fraction {meta_fraction}" if meta_fraction is not None else f"--meta-count {meta_count}"
+        raise DataPrepError(f"{option}: {n_meta} meta case(s) of {n_all} training cases; choose 1..{n_all - 1} so "
+                            "that training keeps at least one")
+    if n_meta and "meta" in doc:
+        raise DataPrepError(f"{datalist}: already has a 'meta' section; drop --meta-fraction/--meta-count")
 
     # record the effective options, defaults included, so a re-run notices any change of them
     defaults = {name: prm.default for name, prm in inspect.signature(PROTOCOLS[protocol]).parameters.items()
@@ -538,6 +556,8 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
     options = {k: list(v) if isinstance(v, tuple) else v for k, v in {**defaults, **protocol_kwargs}.items()}
     config = {"source": str(datalist.resolve()), "source_sha256": _sha256(datalist), "protocol": protocol,
               "options": options, "seed": int(seed), "fraction": float(fraction), "source_key": source_key}
+    if n_meta:  # absent without a meta set, so noisy copies written before stay up to date
+        config["meta_cases"] = n_meta
     out_list = out_root / DATALIST_NAME
     report_path = out_root / NOISE_REPORT_NAME
     if out_list.is_file():
@@ -556,32 +576,44 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
                                 "choose another --out (or pass overwrite=True)")
         out_list.unlink()  # a datalist must never describe a half-rewritten set of labels
 
-    training = doc["training"]
+    # the meta cases first (their own stream); the noise is then drawn over the rest exactly as without them
+    meta_index = set(np.random.default_rng([int(seed), 2]).permutation(n_all)[:n_meta].tolist()) if n_meta else set()
+    kept = [i for i in range(n_all) if i not in meta_index]
+    training = [doc["training"][i] for i in kept]
     n = len(training)
     n_noisy = int(np.floor(fraction * n + 0.5))  # half up: 0.5 of 5 cases corrupts 3
     chosen = set(np.random.default_rng([int(seed), 0]).permutation(n)[:n_noisy].tolist())
+    meta_entries = []
+    for i in sorted(meta_index):
+        entry = doc["training"][i]
+        key = source_key or ("label_clean" if isinstance(entry, dict) and "label_clean" in entry else "label")
+        if not isinstance(entry, dict) or key not in entry:
+            raise DataPrepError(f"{datalist}: training entry {i} has no {key!r} key")
+        meta_entry = {k: _rebase(v, src_root, out_root) for k, v in entry.items() if k != "label_clean"}
+        meta_entry["label"] = _rebase(entry[key], src_root, out_root)
+        meta_entries.append(meta_entry)
 
     acc_all, acc_noisy = DiceAccumulator(), DiceAccumulator()
     new_training, cases, written, sources = [], [], set(), set()
     for i, entry in enumerate(training):
         if not isinstance(entry, dict):
-            raise DataPrepError(f"{datalist}: training entry {i} is not an object")
+            raise DataPrepError(f"{datalist}: training entry {kept[i]} is not an object")
         key = source_key or ("label_clean" if "label_clean" in entry else "label")
         if key not in entry:
-            raise DataPrepError(f"{datalist}: training entry {i} has no {key!r} key")
+            raise DataPrepError(f"{datalist}: training entry {kept[i]} has no {key!r} key")
         label_path = Path(entry[key]) if Path(entry[key]).is_absolute() else src_root / entry[key]
         try:
             clean, meta = read_label(label_path)
         except DataPrepError as e:
-            raise DataPrepError(f"{datalist}: training entry {i} ({key}): {e}") from None
+            raise DataPrepError(f"{datalist}: training entry {kept[i]} ({key}): {e}") from None
         sources.add(label_path.resolve())
         new_entry = {k: _rebase(v, src_root, out_root) for k, v in entry.items()}
         clean_rel = os.path.relpath(label_path.resolve(), out_root)
         name = str(entry[key]) if str(entry[key]) not in acc_all.per_image else f"{entry[key]}#{i}"
         if i in chosen:
             # one stream per case: a case's noise does not depend on the others or on the fraction
-            noisy = apply_protocol(clean, protocol, np.random.default_rng([int(seed), 1, i]), **protocol_kwargs)
-            target = _noisy_path(label_path, src_root, out_root, i, meta)
+            noisy = apply_protocol(clean, protocol, np.random.default_rng([int(seed), 1, kept[i]]), **protocol_kwargs)
+            target = _noisy_path(label_path, src_root, out_root, kept[i], meta)
             write_label(target, noisy, meta)
             written.add(target)
             new_entry["label"] = os.path.relpath(target, out_root)
@@ -606,7 +638,7 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
     overall.pop("per_image")
     corrupted = acc_noisy.summary()
     corrupted.pop("per_image")
-    report = {"config": config, "n_training": n, "n_corrupted": n_noisy, "overall": overall,
+    report = {"config": config, "n_training": n, "n_corrupted": n_noisy, "n_meta": n_meta, "overall": overall,
               "corrupted_only": corrupted, "cases": cases}
     write_json(report_path, report)
 
@@ -616,6 +648,8 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
             continue  # describes how the source was made, not this copy
         if key == "training":
             new_doc[key] = new_training
+            if meta_entries:
+                new_doc["meta"] = meta_entries
         elif isinstance(value, list):
             new_doc[key] = [{k: _rebase(v, src_root, out_root) for k, v in e.items()} if isinstance(e, dict)
                             else e for e in value]
@@ -630,6 +664,8 @@ def make_noisy_dataset(datalist: str | os.PathLike, out: str | os.PathLike, prot
         for c in cases:
             flag = "noisy" if c["corrupted"] else "clean"
             print(f"  {c['label_clean']}: {flag}  Dice {c['dice']:.4f}  wrong pixels {c['wrong_pixel_fraction']:.4f}")
+        if n_meta:
+            print(f"noise: {n_meta} training case(s) kept clean in the 'meta' section")
         print(f"noise: protocol {protocol} {options or ''} seed {seed}: corrupted {n_noisy}/{n} training labels; "
               f"Dice noisy vs clean: mean {overall['dice_mean']:.4f}, pooled {overall['dice_pooled']:.4f}, "
               f"min {overall['dice_min']:.4f}; wrong pixels {overall['wrong_pixel_fraction']:.4%}")
@@ -673,7 +709,8 @@ def _run(args: argparse.Namespace) -> int:
                                 f"{', '.join('--' + a.replace('_', '-') for a in allowed if a in _CLI_OPTIONS)})")
         opts[name] = value
     make_noisy_dataset(args.datalist, args.out, args.protocol, seed=args.seed, fraction=args.fraction,
-                       source_key=args.source_key, **opts)
+                       source_key=args.source_key, meta_fraction=args.meta_fraction, meta_count=args.meta_count,
+                       **opts)
     return 0
 
 
@@ -692,6 +729,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", required=True, choices=sorted(PROTOCOLS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of training cases to corrupt (default 1)")
+    meta = p.add_mutually_exclusive_group()
+    meta.add_argument("--meta-fraction", type=float, default=None,
+                      help="share of the training cases moved, with clean labels and uncorrupted, into a 'meta' "
+                           "section: the clean set of MW-Net (bundles' configs/mwnet_train.json)")
+    meta.add_argument("--meta-count", type=int, default=None, help="the same as a number of training cases")
     p.add_argument("--source-key", default=None,
                    help="entry key of the clean label (default: label_clean when present, else label)")
     p.add_argument("--k", type=_range(int), default=None,

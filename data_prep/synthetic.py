@@ -17,11 +17,12 @@ the faint-boundary region against that region's share of the boundary band.
 Command line (through ``python -m data_prep synthetic``)::
 
     python -m data_prep synthetic --out data/synthetic [--dims 2|3] [--n-train N --n-val N --n-test N]
-        [--size S] [--seed S] [--noise-px P]
+        [--n-meta N] [--size S] [--seed S] [--noise-px P]
 
 Outputs: ``images/``, ``labels/`` (clean, 0/1), ``labels_noisy/`` (training only), ``summary.json`` and,
 last, ``datalist.json`` (``training``: ``image``, ``label`` = noisy, ``label_clean``; ``validation`` and
-``test``: ``image``, ``label`` = clean). 2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32
+``test``: ``image``, ``label`` = clean; with ``--n-meta N`` also ``meta``: N further cases with clean labels, the
+small clean set that meta re-weighting (MW-Net) needs). 2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32
 NIfTI images and uint8 NIfTI masks. Same seed and options give byte-identical files; re-running on a
 complete output with the same options does nothing.
 """
@@ -53,8 +54,8 @@ __all__ = [
 ]
 
 GENERATOR_VERSION = 1
-SPLITS = (("training", "train"), ("validation", "val"), ("test", "test"))
-_CASE_FILE = re.compile(r"^(train|val|test)_\d+\.(png|nii\.gz)$")
+SPLITS = (("training", "train"), ("validation", "val"), ("test", "test"), ("meta", "meta"))
+_CASE_FILE = re.compile(r"^(train|val|test|meta)_\d+\.(png|nii\.gz)$")
 # probabilities of 0, 1 and 2 lesions in an image
 LESION_COUNT_P = (0.08, 0.60, 0.32)
 
@@ -209,7 +210,8 @@ def _case_rng(seed: int, dims: int, split: int, index: int) -> np.random.Generat
 
 def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int | None = None,
                            n_val: int | None = None, n_test: int | None = None, size: int | None = None,
-                           seed: int = 0, noise_px: float | None = None, verbose: bool = True) -> dict:
+                           seed: int = 0, noise_px: float | None = None, verbose: bool = True,
+                           n_meta: int = 0) -> dict:
     """Generate the synthetic dataset into ``out`` and return its summary.
 
     Args:
@@ -222,6 +224,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         seed: seed (non-negative); same seed and options give byte-identical files.
         noise_px: largest boundary displacement of the noisy training labels (default about size / 16).
         verbose: print what was written and the measured noise level.
+        n_meta: cases of a ``meta`` section with clean labels (default 0: no section), for meta re-weighting.
+            Every case has its own random stream, so adding them changes no other case.
 
     Returns:
         The content of ``summary.json``.
@@ -234,6 +238,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
     counts = {"training": defaults["n_train"] if n_train is None else int(n_train),
               "validation": defaults["n_val"] if n_val is None else int(n_val),
               "test": defaults["n_test"] if n_test is None else int(n_test)}
+    if int(n_meta) != 0:  # absent when 0, so existing datasets stay up to date
+        counts["meta"] = int(n_meta)
     if any(v < 0 for v in counts.values()):
         raise DataPrepError(f"case counts must be non-negative, got {counts}")
     if size < 16:
@@ -266,12 +272,14 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
     start = time.perf_counter()
     ext = ".png" if dims == 2 else ".nii.gz"
     sections: dict[str, list[dict]] = {}
-    label_summaries = {section: LabelSummary() for section, _ in SPLITS}
+    label_summaries = {section: LabelSummary() for section, _ in SPLITS if section in counts}
     lesions_per_image: dict[str, int] = {}
     acc = DiceAccumulator()
     wrong_total = wrong_faint = faint_px = band_px = 0
     written: set[Path] = set()
     for split_id, (section, prefix) in enumerate(SPLITS):
+        if section not in counts:
+            continue
         sections[section] = []
         for i in range(counts[section]):
             name = f"{prefix}_{i:03d}"
@@ -339,8 +347,9 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
                                                                                           "1": "lesion"},
                    synthetic=config)
     if verbose:
+        meta = f" / {counts['meta']} meta" if "meta" in counts else ""
         print(f"synthetic: wrote {counts['training']} training / {counts['validation']} validation / "
-              f"{counts['test']} test {dims}D images of {'x'.join([str(size)] * dims)} to {root} "
+              f"{counts['test']} test{meta} {dims}D images of {'x'.join([str(size)] * dims)} to {root} "
               f"in {time.perf_counter() - start:.1f} s")
         print(f"synthetic: noisy training labels vs clean: Dice mean {noise['dice_mean']:.4f}, pooled "
               f"{noise['dice_pooled']:.4f}, min {noise['dice_min']:.4f}; wrong pixels "
@@ -351,7 +360,7 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
 
 def _run(args: argparse.Namespace) -> int:
     make_synthetic_dataset(args.out, dims=args.dims, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                           size=args.size, seed=args.seed, noise_px=args.noise_px)
+                           size=args.size, seed=args.seed, noise_px=args.noise_px, n_meta=args.n_meta)
     return 0
 
 
@@ -366,6 +375,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=int, default=None, help="training cases (default 48 in 2D, 16 in 3D)")
     p.add_argument("--n-val", type=int, default=None, help="validation cases (default 12 / 4)")
     p.add_argument("--n-test", type=int, default=None, help="test cases (default 12 / 4)")
+    p.add_argument("--n-meta", type=int, default=0,
+                   help="cases of a 'meta' section with clean labels, the clean set MW-Net needs (default 0: none)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96 / 48)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-px", type=float, default=None,

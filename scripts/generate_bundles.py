@@ -623,6 +623,7 @@ With MONAI's standard `SupervisedTrainer` instead of DALE (for comparison), add 
 
     python -m monai.bundle run training {_cli(name, 'train.json', 'plain_train.json')}
 
+{paradigms_readme(name, ds)}
 ### Several GPUs (or CPU processes)
 
     torchrun --nproc_per_node=2 -m monai.bundle run training {_cli(name, 'train.json', 'multi_gpu_train.json')}
@@ -683,6 +684,172 @@ A bundle is code: MONAI evaluates the `$` expressions of its configs. Load only 
 """
 
 
+# --------------------------------------------------------------------------------------------- paradigm overlays
+#: overlay file → what it trains (each is a complete alternative to DALE's trainer, on the same bundle)
+PARADIGMS = {
+    "coteaching_train.json": "Co-teaching (two networks, each trained on the pixels the other finds easiest)",
+    "trinet_train.json": "TriNet (three networks, each trained on the pixels both others select)",
+    "mwnet_train.json": "MW-Net meta re-weighting on a clean `meta` set (`--mwnet#rule l2rw`: learning to re-weight)",
+    "gce_train.json": "MONAI's standard trainer with the generalised cross-entropy (q = 0.5)",
+    "sce_train.json": "MONAI's standard trainer with the symmetric cross-entropy (α = β = 0.5)",
+}
+
+
+def _checkpoint_handler(train: dict) -> tuple[int, dict]:
+    """Index and config of the ``LastCheckpoint`` in ``train#handlers``, whose ``save_dict`` overlays extend."""
+    for i, handler in enumerate(train["train"]["handlers"]):
+        if handler["_target_"].endswith("LastCheckpoint"):
+            return i, handler
+    raise ValueError("train.json has no LastCheckpoint handler in train#handlers")
+
+
+def _save_dict(train: dict, extra: dict) -> dict:
+    """``train#handlers#<i>#save_dict`` with ``extra`` added, so a resumed run restores those objects too."""
+    index, handler = _checkpoint_handler(train)
+    return {f"train#handlers#{index}#save_dict": {**handler["save_dict"], **extra}}
+
+
+def _paradigm_trainer(target: str, **specific) -> dict:
+    """``train#trainer`` of a paradigm: the shared engine settings of the bundle plus the paradigm's own."""
+    return {
+        "_target_": target,
+        "device": "@device",
+        "max_epochs": "@num_epochs",
+        "train_data_loader": "@train#dataloader",
+        **specific,
+        "loss_function": "@loss",
+        "inferer": "@train#inferer",
+        "postprocessing": "@train#postprocessing",
+        "train_handlers": "$@train#handlers + @train#dale_handlers",
+        "amp": "@amp",
+    }
+
+
+#: DALE's own pieces, dropped by every other paradigm
+_NO_DALE = {"train#partition": [], "train#dale_handlers": []}
+
+
+def small_loss_overlay(train: dict, section: str, target: str, n_networks: int, select_ratio: float,
+                       ramp: str) -> dict:
+    """Co-teaching / TriNet: ``n_networks`` copies of ``network_def`` with optimizers like ``@optimizer``.
+
+    ``networks[0]`` is the bundle's ``@network``: the one validated, saved as ``models/model.pt`` and loaded by
+    ``inference.json``. The others follow it onto the device and into DDP (``dale_monai.distributed.network_like``).
+    """
+    extra_nets: dict = {}
+    for i in range(1, n_networks):
+        extra_nets[f"network_def_{i}"] = "%network_def"
+        extra_nets[f"network_{i}"] = {"_target_": "dale_monai.distributed.network_like",
+                                      "network": f"@network_def_{i}", "reference": "@network", "device": "@device"}
+        extra_nets[f"optimizer_{i}"] = {"_target_": "dale_monai.engines.optimizer_like", "optimizer": "@optimizer",
+                                        "network": f"@network_{i}"}
+    ids = [""] + [f"_{i}" for i in range(1, n_networks)]
+    return {
+        # ramp ends: null = 10 % and 80 % of the run's iterations (PyMIC's JSRT examples: 1,000 and 8,000 of 10,000)
+        section: {"select_ratio": select_ratio, "ramp_start": None, "ramp_end": None, "ramp": ramp,
+                  "per_sample": False},
+        **extra_nets,
+        "train#trainer": _paradigm_trainer(
+            target,
+            networks="$[" + ", ".join(f"@network{i}" for i in ids) + "]",
+            optimizers="$[" + ", ".join(f"@optimizer{i}" for i in ids) + "]",
+            select_ratio=f"@{section}#select_ratio", ramp_start=f"@{section}#ramp_start",
+            ramp_end=f"@{section}#ramp_end", ramp=f"@{section}#ramp", per_sample=f"@{section}#per_sample",
+        ),
+        **_NO_DALE,
+        **_save_dict(train, {f"model{i}": f"$dale_monai.networks.unwrap_model(@network{i})" for i in ids[1:]}
+                     | {f"optimizer{i}": f"@optimizer{i}" for i in ids[1:]}),
+    }
+
+
+def meta_prepare_hint(ds: dict) -> str:
+    """How the dataset's ``data_prep`` command writes the clean ``meta`` section MW-Net needs."""
+    converter = ds["prepare"].split()[3]
+    if converter == "synthetic":
+        how = f"re-create it with clean meta cases: {ds['prepare']} --n-meta 8"
+    elif converter == "covid_semiseg":
+        how = (f"re-convert it with part of the radiologist-labelled training slices as the meta set: "
+               f"{ds['prepare']} --meta-count 20")
+    else:
+        how = ("make a noisy copy whose clean meta set is part of the training cases: python -m data_prep noise "
+               "--datalist {out}/datalist.json --out {out}_noisy --protocol dilate_erode --meta-fraction 0.1 "
+               "(then --dataset_dir {out}_noisy)")
+    return "MW-Net needs a 'meta' section of clean labels; " + how
+
+
+def mwnet_overlay(train: dict, ds: dict) -> dict:
+    """MW-Net (or learning to re-weight) on the clean ``meta`` section of the bundle's datalist."""
+    return {
+        "mwnet": {
+            "rule": "mwnet",
+            "meta_method": "jvp",
+            "meta_batch_size": "@batch_size",
+            # MW-Net.py (xjtushujun/meta-weight-net): VNet(1, 100, 1), Adam lr 1e-3, weight decay 1e-4
+            "weight_net": {"_target_": "dale_monai.mwnet.WeightNet", "hidden_features": 100},
+            "optimizer": {"_target_": "torch.optim.Adam", "params": "$@mwnet#weight_net.parameters()", "lr": 0.001,
+                          "weight_decay": 0.0001},
+        },
+        "meta_prepare_hint": meta_prepare_hint(ds),
+        "meta_datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, 'meta', @prepare_command, "
+                         "missing_hint=@meta_prepare_hint)",
+        "meta": {
+            # the deterministic pipeline of validation: the clean set is not augmented
+            "dataset": {"_target_": "CacheDataset", "data": "@meta_datalist", "transform": "@validate#preprocessing",
+                        "cache_rate": 1.0, "num_workers": "@num_workers", "progress": False},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@meta#dataset", "batch_size": "@mwnet#meta_batch_size",
+                           "shuffle": True, "num_workers": "@num_workers"},
+        },
+        # the meta loader first: MONAI resolves references in order, so a missing meta section stops the run
+        # before the training set is cached
+        "train#trainer": {"_target_": "dale_monai.engines.MetaReweightTrainer", "meta_data_loader": "@meta#dataloader",
+                          **_paradigm_trainer(
+                              "dale_monai.engines.MetaReweightTrainer", network="@network", optimizer="@optimizer",
+                              rule="@mwnet#rule", weight_net="@mwnet#weight_net", meta_optimizer="@mwnet#optimizer",
+                              meta_method="@mwnet#meta_method")},
+        **_NO_DALE,
+        **_save_dict(train, {"weight_net": "@mwnet#weight_net", "meta_optimizer": "@mwnet#optimizer"}),
+    }
+
+
+def robust_loss_overlay(loss: dict) -> dict:
+    """MONAI's standard trainer (the plain overlay) with a noise-robust loss in place of DALELoss."""
+    return {**plain_overlay(), "loss": loss}
+
+
+def paradigm_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
+    """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`PARADIGMS`."""
+    train = train_config(name, ds, bb)
+    out = {
+        "coteaching_train.json": small_loss_overlay(train, "coteaching", "dale_monai.engines.CoTeachingTrainer", 2,
+                                                    0.85, "sigmoid"),
+        "trinet_train.json": small_loss_overlay(train, "trinet", "dale_monai.engines.TriNetTrainer", 3, 0.9,
+                                                "linear"),
+        "mwnet_train.json": mwnet_overlay(train, ds),
+        "gce_train.json": robust_loss_overlay({"_target_": "dale_monai.robust_losses.GeneralizedCELoss", "q": 0.5}),
+        "sce_train.json": robust_loss_overlay({"_target_": "dale_monai.robust_losses.SymmetricCELoss", "alpha": 0.5,
+                                               "beta": 0.5}),
+    }
+    assert set(out) == set(PARADIGMS)
+    return out
+
+
+def paradigms_readme(name: str, ds: dict) -> str:
+    """The bundle README's paragraph on the other training paradigms."""
+    meta = meta_prepare_hint(ds).replace("{out}", ds["dataset_dir"])
+    lines = "\n".join(f"- {what}:\n\n      python -m monai.bundle run training {_cli(name, 'train.json', f)}\n"
+                      for f, what in PARADIGMS.items())
+    return f"""Other noisy-label paradigms, each one overlay away (the repository's README compares them):
+
+{lines}
+Co-teaching and TriNet train 2 and 3 copies of `network_def`; the first is the one validated and saved as
+`models/model.pt` (so inference, MONAI Label and `predict` are unchanged), the checkpoint holds them all.
+{meta}.
+Settings: `--coteaching#select_ratio 0.85 --coteaching#ramp_start 100 --coteaching#ramp_end 800` (iterations;
+default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwnet#rule l2rw`. Put
+`multi_gpu_train.json` last to combine one with torchrun.
+"""
+
+
 def render(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -> dict[str, str]:
     """Relative path → file content of one bundle."""
 
@@ -692,6 +859,7 @@ def render(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -
     return {
         "configs/train.json": js(train_config(name, ds, bb)),
         "configs/plain_train.json": js(plain_overlay()),
+        **{f"configs/{f}": js(overlay) for f, overlay in paradigm_overlays(name, ds, bb).items()},
         "configs/multi_gpu_train.json": js(multi_gpu_overlay(bb)),
         "configs/inference.json": js(inference_config(name, ds, bb)),
         "configs/evaluate.json": js(evaluate_overlay(ds)),

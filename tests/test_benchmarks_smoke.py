@@ -106,3 +106,19 @@ def test_a_run_without_the_standard_iteration_is_refused(bench, tmp_path):
     with pytest.raises(SystemExit, match="must include 'standard'"):
         bench.main(TINY + ["--variants", "dale_jvp", "--out", str(tmp_path)])
     assert not (tmp_path / "speed.json").exists()
+
+
+@pytest.mark.slow
+def test_paradigm_speed_tiny_run_writes_every_paradigm(tmp_path, keep_threads):
+    spec = importlib.util.spec_from_file_location("bench_paradigms", REPO / "benchmarks" / "bench_paradigms.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--rounds", "1", "--warmup", "1", "--size", "32", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "paradigms_speed.json").read_text())
+    assert set(results["seconds_per_iteration"]) == set(module.PARADIGMS)
+    assert results["ratio_to_standard"]["standard"] == 1.0
+    assert all(v > 0 for v in results["seconds_per_iteration"].values())
+    table = (tmp_path / "paradigms_speed.md").read_text()
+    assert all(f"| {p} |" in table for p in module.PARADIGMS) and results["commit"] in table
+    with pytest.raises(SystemExit):
+        module.main(["--paradigms", "standard,bogus", "--out", str(tmp_path)])

@@ -93,9 +93,10 @@ def test_bundle_layout_and_metadata(name):
     from monai.bundle import verify_metadata
 
     root = BUNDLES / name
+    paradigms = tuple(f"configs/{f}" for f in _generator().PARADIGMS)
     for rel in ("configs/train.json", "configs/plain_train.json", "configs/multi_gpu_train.json",
                 "configs/inference.json", "configs/evaluate.json", "configs/metadata.json", "configs/logging.conf",
-                "docs/README.md", "LICENSE"):
+                "docs/README.md", "LICENSE", *paradigms):
         assert (root / rel).is_file(), rel
     # offline: the shipped schema is the "download" target, so nothing is fetched
     verify_metadata(meta_file=str(root / "configs" / "metadata.json"), filepath=str(SCHEMA))
@@ -138,6 +139,8 @@ def _references(node, out: set) -> set:
     return out
 
 
+PARADIGM_OVERLAYS = ("coteaching_train.json", "trinet_train.json", "mwnet_train.json", "gce_train.json",
+                     "sce_train.json")
 COMBINATIONS = {
     "train": ("train.json",),
     "plain": ("train.json", "plain_train.json"),
@@ -145,6 +148,8 @@ COMBINATIONS = {
     "multi_gpu_plain": ("train.json", "plain_train.json", "multi_gpu_train.json"),
     "inference": ("inference.json",),
     "evaluate": ("inference.json", "evaluate.json"),
+    **{f.split("_")[0]: ("train.json", f) for f in PARADIGM_OVERLAYS},
+    **{f"multi_gpu_{f.split('_')[0]}": ("train.json", f, "multi_gpu_train.json") for f in PARADIGM_OVERLAYS},
 }
 
 
@@ -159,7 +164,8 @@ def test_configs_parse_and_every_reference_resolves(name):
         for ref in _references(parser.get(), set()):
             assert ref in parser, f"{name} {combo}: @{ref} does not exist"
         # the documented run ids
-        for run_id in {"train": ("run", "training"), "evaluate": ("run", "evaluating")}.get(combo, ("run",)):
+        trains = {c: ("run", "training") for c, f in COMBINATIONS.items() if f[0] == "train.json"}
+        for run_id in {**trains, "evaluate": ("run", "evaluating")}.get(combo, ("run",)):
             assert run_id in parser, f"{name} {combo}: no run id {run_id}"
 
 
@@ -282,3 +288,115 @@ def test_monai_label_override_contract(tmp_path, tiny2d):
             assert torch.equal(last["model"][k], v), k
     best = torch.load(root / "models" / "model.pt", weights_only=True)
     assert set(best) == set(pretrained)
+
+
+# --------------------------------------------------------------------------------------------- paradigm overlays
+def test_paradigm_list_matches_the_generator():
+    assert tuple(_generator().PARADIGMS) == PARADIGM_OVERLAYS
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_paradigm_overlays_keep_the_model_and_checkpoint_every_network(name):
+    """Network 0 is ``@network`` (what validation, model.pt and inference use); the last checkpoint's save_dict
+    names every further network and optimizer; DALE's partition and handlers are dropped."""
+    from monai.bundle import ConfigParser
+
+    for overlay in PARADIGM_OVERLAYS:
+        parser = ConfigParser()
+        parser.read_config(_configs(name, "train.json", overlay))
+        trainer = parser["train#trainer"]
+        assert not trainer["_target_"].endswith("DALETrainer"), overlay
+        assert parser["train#partition"] == [] and parser["train#dale_handlers"] == []
+        networks = trainer.get("networks", "$[@network]")
+        assert networks.startswith("$[@network,") or networks == "$[@network]", overlay
+        assert trainer.get("network", "@network") == "@network"
+        assert parser["validate#evaluator#network"] == "@network"
+        handlers = parser["train#handlers"]
+        (ckpt,) = [h for h in handlers if h["_target_"].endswith("LastCheckpoint")]
+        n = networks.count("@network")
+        for i in range(1, n):
+            assert ckpt["save_dict"][f"model_{i}"] == f"$dale_monai.networks.unwrap_model(@network_{i})"
+            assert ckpt["save_dict"][f"optimizer_{i}"] == f"@optimizer_{i}"
+            assert parser[f"network_def_{i}"] == "%network_def"  # a new instance of the same definition
+        if overlay == "mwnet_train.json":
+            assert {"weight_net", "meta_optimizer"} <= set(ckpt["save_dict"])
+        best = [h for h in parser["validate#handlers"] if h["_target_"] == "CheckpointSaver"][0]
+        assert best["save_dict"] == {"model": "$dale_monai.networks.unwrap_model(@network)"}
+
+
+@pytest.mark.parametrize("name", ["synthetic2d_unet", "synthetic3d_segresnet", "covid_semiseg_swinunetr",
+                                  "synapse_unet"])
+def test_paradigm_trainers_are_constructed(name, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from dale_monai.engines import MultiNetworkTrainer
+    from dale_monai.networks import unwrap_model
+
+    expected = {"coteaching_train.json": ("CoTeachingTrainer", 2), "trinet_train.json": ("TriNetTrainer", 3),
+                "mwnet_train.json": ("MetaReweightTrainer", 1), "gce_train.json": ("SupervisedTrainer", 1),
+                "sce_train.json": ("SupervisedTrainer", 1)}
+    for overlay, (cls, n) in expected.items():
+        extra = {"meta#dataset#data": _ITEM, "meta#dataset#cache_rate": 0.0} if overlay.startswith("mwnet") else {}
+        workflow = ConfigWorkflow(config_file=_configs(name, "train.json", overlay), workflow_type="train",
+                                  bundle_root=str(tmp_path), **PLACEHOLDER_DATA, **extra)
+        workflow.initialize()
+        assert workflow.check_properties() == [], overlay
+        trainer = workflow.trainer
+        assert type(trainer).__name__ == cls, overlay
+        assert trainer.network is workflow.parser.get_parsed_content("network")
+        if isinstance(trainer, MultiNetworkTrainer):
+            assert len(trainer.networks) == n
+            inner = [unwrap_model(net) for net in trainer.networks]
+            assert len({id(net) for net in inner}) == n and all(type(net) is type(inner[0]) for net in inner)
+            first = [p.detach() for p in inner[0].parameters()]
+            assert any(not torch.equal(a, b) for a, b in zip(first, inner[1].parameters()))  # own initialisation
+            assert all(type(opt) is type(trainer.optimizer) for opt in trainer.optimizers)
+        workflow.finalize()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mwnet_without_a_meta_section_names_the_data_prep_option(name, tmp_path):
+    from monai.bundle import ConfigParser
+
+    dataset = MATRIX["datasets"][name.rsplit("_", 1)[0]]
+    converter = dataset["prepare"].split()[3]
+    option = {"synthetic": "--n-meta", "covid_semiseg": "--meta-count"}.get(converter, "--meta-fraction")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    item = {"image": "images/a.png", "label": "images/a.png"}
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item]}))
+    parser = ConfigParser()
+    parser.read_config(_configs(name, "train.json", "mwnet_train.json"))
+    parser["dataset_dir"] = str(tmp_path)
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("train#trainer")
+    chain, cause = [], err.value
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.__cause__
+    message = "\n".join(chain)
+    assert "section 'meta' is missing" in message and option in message, message
+    assert f"python -m data_prep" in message and str(tmp_path) in message
+
+
+@pytest.mark.parametrize(("overlay", "override", "option"), [
+    ("coteaching_train.json", {"coteaching#select_ratio": 1.5}, "select_ratio"),
+    ("trinet_train.json", {"trinet#ramp_start": 50, "trinet#ramp_end": 10}, "ramp_end"),
+    ("coteaching_train.json", {"coteaching#ramp": "cosine"}, "ramp"),
+    ("mwnet_train.json", {"mwnet#rule": "mentor"}, "rule"),
+    ("gce_train.json", {"loss#q": 0.0}, "q must lie in"),
+])
+def test_out_of_range_paradigm_settings_stop_at_construction(overlay, override, option, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    extra = {"meta#dataset#data": _ITEM, "meta#dataset#cache_rate": 0.0} if overlay.startswith("mwnet") else {}
+    workflow = ConfigWorkflow(config_file=_configs("synthetic2d_unet", "train.json", overlay), workflow_type="train",
+                              bundle_root=str(tmp_path), **PLACEHOLDER_DATA, **extra, **override)
+    with pytest.raises(Exception) as err:
+        workflow.initialize()
+        workflow.parser.get_parsed_content("train#trainer")
+    chain, cause = [], err.value
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.__cause__
+    assert any(option in c for c in chain), chain

@@ -2,7 +2,8 @@
 
 Run by pytest, the module fixture starts ``torchrun --standalone --nproc_per_node=2`` on this file; run as a
 script it is the worker. Each process trains twice on its shard of the same tiny synthetic data: once without
-the ω meta step (``omega_step: null``, the real DALE steps only) and once with DALE as shipped.
+the ω meta step (``omega_step: null``, the real DALE steps only) and once with DALE as shipped; then with the
+Co-teaching and MW-Net overlays (several networks, a weight network), whose ranks must end identical too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ LR = 0.05
 VARIANTS = {"no_omega": {"train#trainer#omega_step": None}, "dale": {},
             # v = the non-fuzzy step's gradient, which DDP's backward has already averaged over the ranks
             "dale_first_order": {"dale#omega_method": "first_order"}}
+# paradigm overlays run under torchrun: (overlay, overrides, the config ids of every trained module)
+PARADIGM_RUNS = {
+    "coteaching": ("coteaching_train.json", {"coteaching#ramp_start": 0, "coteaching#ramp_end": 1},
+                   ("network", "network_1")),
+    "mwnet": ("mwnet_train.json", {}, ("network", "mwnet#weight_net")),
+}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,7 +61,8 @@ def _overrides(bundle_root: Path, dataset_dir: Path, batch_size: int, variant: s
     }
 
 
-def _train(config_files: list[str], overrides: dict, finalize: bool = True) -> dict:
+def _train(config_files: list[str], overrides: dict, finalize: bool = True, modules=("network",)) -> dict:
+    """The trained state of ``network`` (keys as they are), or of several modules (keys prefixed by their id)."""
     from monai.bundle import ConfigWorkflow
 
     from dale_monai.networks import unwrap_model
@@ -62,8 +70,11 @@ def _train(config_files: list[str], overrides: dict, finalize: bool = True) -> d
     workflow = ConfigWorkflow(config_file=config_files, workflow_type="train", **overrides)
     workflow.initialize()
     workflow.run()
-    network = unwrap_model(workflow.parser.get_parsed_content("network"))
-    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    state = {}
+    for module in modules:
+        net = unwrap_model(workflow.parser.get_parsed_content(module))
+        prefix = "" if modules == ("network",) else f"{module}."
+        state.update({prefix + k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
     if finalize:
         workflow.finalize()
     return state
@@ -71,12 +82,17 @@ def _train(config_files: list[str], overrides: dict, finalize: bool = True) -> d
 
 def _worker(out: str, dataset_dir: str) -> None:
     rank = int(os.environ["RANK"])
-    for i, variant in enumerate(VARIANTS):
+    for variant in VARIANTS:
         overrides = _overrides(Path(out) / variant, Path(dataset_dir), GLOBAL_BATCH // 2, variant)
         overrides["train#sampler#shuffle"] = False  # rank r gets samples r, r+2, ...: the global batch in order
-        # one process group for both runs: the last run's finalize destroys it (gloo cannot re-initialise here)
-        state = _train(MULTI, overrides, finalize=i == len(VARIANTS) - 1)
+        # one process group for all runs: the last run's finalize destroys it (gloo cannot re-initialise here)
+        state = _train(MULTI, overrides, finalize=False)
         torch.save(state, Path(out) / f"{variant}_rank{rank}.pt")
+    for i, (paradigm, (overlay, extra, modules)) in enumerate(PARADIGM_RUNS.items()):
+        overrides = {**_overrides(Path(out) / paradigm, Path(dataset_dir), GLOBAL_BATCH // 2, "dale"), **extra}
+        files = TRAIN + [str(BUNDLE / overlay), str(BUNDLE / "multi_gpu_train.json")]  # multi-GPU overlay last
+        state = _train(files, overrides, finalize=i == len(PARADIGM_RUNS) - 1, modules=modules)
+        torch.save(state, Path(out) / f"{paradigm}_rank{rank}.pt")
 
 
 def _norm_diff(a: dict, b: dict) -> float:
@@ -89,7 +105,7 @@ def runs(tmp_path_factory) -> dict:
     from data_prep.synthetic import make_synthetic_dataset
 
     data = tmp_path_factory.mktemp("ddp_data")
-    make_synthetic_dataset(data, dims=2, n_train=N_TRAIN, n_val=2, n_test=1, size=32, verbose=False)
+    make_synthetic_dataset(data, dims=2, n_train=N_TRAIN, n_val=2, n_test=1, size=32, n_meta=2, verbose=False)
     out = tmp_path_factory.mktemp("ddp_runs")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
@@ -99,9 +115,10 @@ def runs(tmp_path_factory) -> dict:
     result: dict = {"dir": out}
     shard = [{k: str(data / v) for k, v in item.items()}
              for item in json.loads((data / "datalist.json").read_text())["training"][::2]]
-    for variant in VARIANTS:
+    for variant in [*VARIANTS, *PARADIGM_RUNS]:
         for rank in (0, 1):
             result[variant, f"rank{rank}"] = torch.load(out / f"{variant}_rank{rank}.pt", weights_only=True)
+    for variant in VARIANTS:
         result[variant, "single"] = _train(TRAIN, _overrides(out / f"{variant}_single", data, GLOBAL_BATCH, variant))
     result["init"] = _train(TRAIN, _overrides(out / "init", data, GLOBAL_BATCH, "no_omega", lr=0.0))
     # one process on rank 0's shard alone: what a missing gradient all-reduce would give
@@ -117,6 +134,23 @@ def test_ranks_end_with_identical_weights(runs, variant):
     for k in rank0:
         assert torch.equal(rank0[k], rank1[k]), f"{variant}: ranks diverged at {k}"
     assert _norm_diff(rank0, runs["init"]) > 0, "nothing was trained"
+
+
+@pytest.mark.parametrize("paradigm", list(PARADIGM_RUNS))
+def test_paradigm_ranks_end_with_identical_networks(runs, paradigm):
+    """Every network of the paradigm (Co-teaching's two, MW-Net's network and weight network) is the same on both
+    ranks: DDP averages each network's gradients, MW-Net sums its weight network's meta gradient over the ranks."""
+    rank0, rank1 = runs[paradigm, "rank0"], runs[paradigm, "rank1"]
+    _, _, modules = PARADIGM_RUNS[paradigm]
+    assert rank0.keys() == rank1.keys() and all(any(k.startswith(m + ".") for k in rank0) for m in modules)
+    for k in rank0:
+        assert torch.equal(rank0[k], rank1[k]), f"{paradigm}: ranks diverged at {k}"
+    trained = {k[len("network."):]: v for k, v in rank0.items() if k.startswith("network.")}
+    assert _norm_diff(trained, runs["init"]) > 0, "nothing was trained"
+    ckpt = torch.load(runs["dir"] / paradigm / "models" / "checkpoint_last.pt", weights_only=True)
+    assert set(ckpt["model"]) == set(runs["init"])  # written by rank 0, no "module." prefix
+    if paradigm == "coteaching":
+        assert set(ckpt["model_1"]) == set(runs["init"]) and "optimizer_1" in ckpt
 
 
 def test_only_rank0_writes_checkpoints_without_ddp_prefix(runs):

@@ -211,3 +211,67 @@ def test_the_last_epoch_is_validated_and_the_report_names_only_what_exists(num_e
     assert named == [str(tmp_path / "models" / "model.pt"), str(tmp_path / "models" / "checkpoint_last.pt"),
                      str(tmp_path / "eval" / "metrics.csv"), str(tmp_path / "logs")]
     assert all(Path(p).exists() for p in named)
+
+
+# --------------------------------------------------------------------------------------------- paradigm overlays
+@pytest.fixture(scope="module")
+def tiny2d_meta(tmp_path_factory) -> Path:
+    """The tiny synthetic set with a clean ``meta`` section (``data_prep synthetic --n-meta``), for MW-Net."""
+    from data_prep.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("tiny2d_meta")
+    make_synthetic_dataset(out, dims=2, n_train=4, n_val=2, n_test=2, size=40, n_meta=2, verbose=False)
+    return out
+
+
+PARADIGM_RUNS = {  # overlay → trainer class, objects the last checkpoint must hold besides model/optimizer/trainer
+    "coteaching_train.json": ("CoTeachingTrainer", {"model_1", "optimizer_1"}),
+    "trinet_train.json": ("TriNetTrainer", {"model_1", "optimizer_1", "model_2", "optimizer_2"}),
+    "mwnet_train.json": ("MetaReweightTrainer", {"weight_net", "meta_optimizer"}),
+    "gce_train.json": ("SupervisedTrainer", set()),
+    "sce_train.json": ("SupervisedTrainer", set()),
+}
+
+
+@pytest.mark.parametrize("overlay", list(PARADIGM_RUNS))
+def test_paradigm_overlay_trains_end_to_end(overlay, tmp_path, tiny2d_meta):
+    """Two epochs of each paradigm on the synthetic bundle: validation, model.pt (network 0, loadable by
+    inference.json), a last checkpoint holding every network/optimizer, TensorBoard logs."""
+    from monai.bundle import ConfigWorkflow
+
+    name, root = "synthetic2d_unet", tmp_path / "bundle"
+    cls, extra = PARADIGM_RUNS[overlay]
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json", overlay), workflow_type="train",
+                              bundle_root=str(root), dataset_dir=str(tiny2d_meta), spatial_size=_small(name),
+                              batch_size=2, num_epochs=2, val_interval=1)
+    workflow.initialize()
+    assert type(workflow.trainer).__name__ == cls
+    workflow.run()
+    network = workflow.parser.get_parsed_content("network")
+    workflow.finalize()
+    _assert_trained(name, root)
+    last = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert extra <= set(last) and last["trainer"]["iteration"] == 4
+    # the last checkpoint's model is the bundle's @network, the one validated and saved as model.pt
+    assert all(torch.equal(v, network.state_dict()[k]) for k, v in last["model"].items())
+    if "model_1" in last:
+        assert any(not torch.equal(v, last["model_1"][k]) for k, v in last["model"].items() if v.is_floating_point())
+
+
+def test_coteaching_resume_is_bit_identical(tmp_path, tiny2d):
+    name, root = "synthetic2d_unet", tmp_path / "bundle"
+    overlay = "coteaching_train.json"
+    # a ramp in iterations: the default one is a share of max_epochs, which this test changes between the runs
+    ramp = {"coteaching#ramp_start": 0, "coteaching#ramp_end": 3}
+    _train(name, root, tiny2d, overlay, **ramp)
+    _train(name, root, tiny2d, overlay, num_epochs=2, resume=True, **ramp)
+    resumed = torch.load(root / "models" / "checkpoint_last.pt", weights_only=True)
+    assert resumed["trainer"]["iteration"] == 4
+    straight = tmp_path / "straight"
+    _train(name, straight, tiny2d, overlay, num_epochs=2, **ramp)
+    reference = torch.load(straight / "models" / "checkpoint_last.pt", weights_only=True)
+    for key in ("model", "model_1"):
+        assert all(torch.equal(resumed[key][k], v) for k, v in reference[key].items()), key
+    for key in ("optimizer", "optimizer_1"):
+        for i, state in reference[key]["state"].items():
+            assert all(torch.equal(resumed[key]["state"][i][k], v) for k, v in state.items() if torch.is_tensor(v))

@@ -171,3 +171,69 @@ def test_real_covid_semiseg(real_dataset, tmp_path, capsys):
     mc = read_json(tmp_path / "mc/datalist.json")
     assert set(np.unique(np.concatenate([read_png(tmp_path / "mc" / e["label"]).ravel() for e in mc["test"]]))) <= {
         0, 1, 2}
+
+
+# --------------------------------------------------------------------------------------------- the meta section
+def test_meta_count_moves_doctor_slices_out_of_validation(tmp_path, capsys):
+    src = make_covid_tree(tmp_path / "src", n_doctor=10)
+    out = tmp_path / "out"
+    assert _run("--src", src, "--out", out, "--meta-count", 4) == 0
+    dl = read_json(out / "datalist.json")
+    meta = {e["image"] for e in dl["meta"]}
+    validation = {e["image"] for e in dl["validation"]}
+    assert len(meta) == 4 and len(validation) == 6 and not meta & validation
+    assert all(m.startswith("images/doctor/") for m in meta)  # radiologists' masks: the clean set
+    assert all(set(e) == {"image", "label", "label_soft"} for e in dl["meta"])
+    assert len(dl["training"]) == 4 and all("pseudo" in e["image"] for e in dl["training"])
+    for e in dl["meta"]:
+        assert set(np.unique(read_png(out / e["label"]))) <= {0, 1}
+    # fixed by --seed, and --meta-fraction is the same choice as a share
+    assert _run("--src", src, "--out", tmp_path / "again", "--meta-fraction", 0.4) == 0
+    assert {e["image"] for e in read_json(tmp_path / "again" / "datalist.json")["meta"]} == meta
+    assert _run("--src", src, "--out", tmp_path / "seed1", "--meta-count", 4, "--seed", 1) == 0
+    assert {e["image"] for e in read_json(tmp_path / "seed1" / "datalist.json")["meta"]} != meta
+
+
+@pytest.mark.parametrize("mode", ["both", "doctor"])
+def test_meta_slices_are_left_out_of_training_and_validation(tmp_path, mode):
+    src = make_covid_tree(tmp_path / "src", n_doctor=10)
+    out = tmp_path / mode
+    assert _run("--src", src, "--out", out, "--train-labels", mode, "--meta-count", 3, "--val-fraction", 0.25) == 0
+    dl = read_json(out / "datalist.json")
+    meta = {e["image"] for e in dl["meta"]}
+    doctor = [e["image"] for s in ("training", "validation") for e in dl[s] if "/doctor/" in e["image"]]
+    assert len(meta) == 3 and len(doctor) == 7 and not meta & set(doctor)
+    assert len(dl["validation"]) == 2  # 0.25 of the 7 left
+
+
+def test_meta_for_the_multiclass_task(tmp_path):
+    src = make_covid_tree(tmp_path / "src", n_mc=6)
+    assert _run("--src", src, "--out", tmp_path / "out", "--task", "multiclass", "--meta-count", 2) == 0
+    dl = read_json(tmp_path / "out" / "datalist.json")
+    assert len(dl["meta"]) == 2 and len(dl["training"]) + len(dl["validation"]) == 4
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (("--meta-count", 3), "--meta-count 3: 3 meta slice"),  # 3 doctor slices: none would be left to validate on
+    (("--meta-count", 0), "--meta-count 0"),
+])
+def test_bad_meta_options_name_the_option(tmp_path, capsys, argv, match):
+    src = make_covid_tree(tmp_path / "src", n_doctor=3)
+    assert _run("--src", src, "--out", tmp_path / "out", *argv) != 0
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "out" / "datalist.json").exists()
+    with pytest.raises(SystemExit):  # argparse: one of the two, and a share in (0, 1)
+        _run("--src", src, "--out", tmp_path / "o2", "--meta-count", 1, "--meta-fraction", 0.5)
+    with pytest.raises(SystemExit):
+        _run("--src", src, "--out", tmp_path / "o3", "--meta-fraction", 1.5)
+
+
+def test_real_covid_semiseg_meta_set(real_dataset, tmp_path, capsys):
+    src = real_dataset("covid_semiseg")
+    out = tmp_path / "out"
+    assert _run("--src", src, "--out", out, "--limit", "8", "--meta-count", 3) == 0
+    assert "(training 8, validation 5, test 8, meta 3)" in capsys.readouterr().out
+    dl = read_json(out / "datalist.json")
+    assert all(e["image"].startswith("images/doctor/") for e in dl["meta"])
+    for entry in dl["meta"]:  # radiologists' masks: exactly binary, unlike the soft pseudo-labels
+        assert set(np.unique(read_png(out / entry["label"]))) <= {0, 1}

@@ -38,7 +38,7 @@ from monai.handlers import CheckpointLoader
 from monai.inferers import Inferer
 from monai.transforms import Compose, Invertd, LoadImaged, SaveImaged
 
-from tests.test_bundles_run import tiny2d, tiny3d, tiny_multiclass  # noqa: F401 - shared fixtures
+from tests.test_bundles_run import tiny2d, tiny2d_meta, tiny3d, tiny_multiclass  # noqa: F401 - shared fixtures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,6 +47,8 @@ BUNDLES = REPO / "bundles"
 NAMES = sorted(p.name for p in BUNDLES.iterdir() if (p / "configs" / "train.json").is_file())
 TRAIN_OVERRIDE_KEYS = ("bundle_root", "train#trainer#max_epochs", "train#dataset#data", "device", "train#handlers",
                        "validate#dataset#data")
+PARADIGM_OVERLAYS = sorted(p.name for p in (BUNDLES / "synthetic2d_unet" / "configs").glob("*_train.json")
+                           if p.name not in ("plain_train.json", "multi_gpu_train.json"))
 INFER_KEYS = ("network_def", "preprocessing", "inferer", "postprocessing", "device", "bundle_root")
 
 
@@ -345,3 +347,78 @@ def test_check_script_requirements_and_record(tmp_path, monkeypatch):
     doc.write_text("no markers")
     with pytest.raises(SystemExit, match="markers"):
         check.record(results, "", 1.0, [])
+
+
+# --------------------------------------------------------------------------------------------- paradigm overlays
+def _merged_train(bundle: Path, overlay: str) -> None:
+    """What a user does to have MONAI Label (which reads ``configs/train.json`` only) train with a paradigm: merge
+    the overlay into the app's copy of ``train.json``."""
+    merged = ConfigParser()
+    merged.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / overlay)])
+    ConfigParser.export_config_file(merged.config, str(bundle / "configs" / "train.json"), indent=2)
+
+
+def test_every_paradigm_overlay_is_covered():
+    assert PARADIGM_OVERLAYS == sorted(["coteaching_train.json", "trinet_train.json", "mwnet_train.json",
+                                        "gce_train.json", "sce_train.json"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("overlay", PARADIGM_OVERLAYS)
+def test_paradigm_overlays_keep_monailabel_override_points(name, overlay, tmp_path):
+    """Merged into train.json, every overlay keeps the ids MONAI Label overrides, accepts its prepended
+    CheckpointLoader (which then loads network 0), and the last checkpoint still saves every network."""
+    bundle = tmp_path / name
+    shutil.copytree(BUNDLES / name / "configs", bundle / "configs")
+    _merged_train(bundle, overlay)
+    parser, overrides = _monailabel_train_parser(bundle, {"train#trainer#max_epochs": 2, "device": "cpu"},
+                                                 tmp_path / "model.pt")
+    for key, value in overrides.items():
+        parser[key] = value
+    for key in TRAIN_OVERRIDE_KEYS:
+        assert key in parser, f"{overlay}: no {key}"
+    handlers = parser["train#handlers"]
+    assert handlers[0]["_target_"] == "CheckpointLoader" and handlers[0]["load_dict"] == {"model": "$@network"}
+    (ckpt,) = [h for h in handlers if h["_target_"].endswith("LastCheckpoint")]
+    overlay_doc = json.loads((BUNDLES / name / "configs" / overlay).read_text())
+    extended = [v for k, v in overlay_doc.items() if k.endswith("#save_dict")]
+    if extended:  # the save_dict the overlay extended moved with its handler when MONAI Label prepended its loader
+        assert ckpt["save_dict"] == extended[0]
+    assert parser["train#trainer#max_epochs"] == 2
+    assert parser["validate#evaluator#network"] == "@network"
+
+
+@pytest.mark.parametrize("overlay", ["coteaching_train.json", "mwnet_train.json"])
+def test_training_with_a_paradigm_as_monailabel_starts_it(overlay, tmp_path, tiny2d_meta):  # noqa: F811
+    """MONAI Label's run on a bundle whose train.json holds a paradigm: its CheckpointLoader restores network 0
+    from models/model.pt, the other networks start fresh, validation rewrites model.pt with network 0, which
+    inference.json loads."""
+    from monai.bundle import run
+
+    name = "synthetic2d_unet"
+    bundle = tmp_path / name
+    shutil.copytree(BUNDLES / name / "configs", bundle / "configs")
+    _merged_train(bundle, overlay)
+    model_pt = bundle / "models" / "model.pt"
+    n_marks = _marked_weights(name, model_pt)
+    train_items, val_items = _items(tiny2d_meta, "training")[:2], _items(tiny2d_meta, "validation")[:1]
+    parser, overrides = _monailabel_train_parser(
+        bundle, {"train#trainer#max_epochs": 2, "train#dataset#data": train_items, "device": "cpu",
+                 "validate#dataset#data": val_items}, model_pt)
+    before = model_pt.stat().st_mtime_ns
+    # the meta set is the bundle's own (MONAI Label knows no such section); a small input keeps the test fast
+    run(run_id="run", init_id=None, final_id=None, meta_file=str(bundle / "configs" / "metadata.json"),
+        config_file=str(bundle / "configs" / "train.json"), dataset_dir=str(tiny2d_meta), spatial_size=[48, 48],
+        **copy.deepcopy(overrides))
+    last = torch.load(bundle / "models" / "checkpoint_last.pt", weights_only=True)
+    assert last["trainer"]["iteration"] == 2
+    counts = [int(v) for k, v in last["model"].items() if k.endswith("num_batches_tracked")]
+    assert len(counts) == n_marks and min(counts) > 1000  # network 0 started from model.pt
+    if "model_1" in last:
+        assert max(int(v) for k, v in last["model_1"].items() if k.endswith("num_batches_tracked")) < 1000
+    assert model_pt.stat().st_mtime_ns > before
+    best = torch.load(model_pt, weights_only=True)
+    assert min(int(v) for k, v in best.items() if k.endswith("num_batches_tracked")) > 1000  # network 0's weights
+    infer = ConfigParser()
+    infer.read_config(str(bundle / "configs" / "inference.json"))
+    infer.get_parsed_content("network_def").load_state_dict(best)

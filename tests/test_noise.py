@@ -448,3 +448,48 @@ def test_add_parser_registers_noise_command(tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["noise", "--datalist", "x", "--out", "y", "--protocol", "sharpen"])
     assert set(PROTOCOLS) == {"dilate", "erode", "dilate_erode", "elastic", "components"}
+
+
+def test_meta_fraction_keeps_clean_cases_apart_and_the_noise_of_the_others(tmp_path, capsys):
+    datalist = make_png_dataset(tmp_path / "src", n_train=8)
+    plain = make_noisy_dataset(datalist, tmp_path / "plain", "dilate", seed=0, k=2, verbose=False)
+    report = make_noisy_dataset(datalist, tmp_path / "meta", "dilate", seed=0, k=2, meta_fraction=0.25)
+    assert "2 training case(s) kept clean in the 'meta' section" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "meta" / "datalist.json").read_text())
+    assert len(doc["meta"]) == 2 and len(doc["training"]) == 6 and report["n_meta"] == 2
+    meta_labels = {Path(e["label"]).name for e in doc["meta"]}
+    assert not meta_labels & {Path(e["label_clean"]).name for e in doc["training"]}
+    for e in doc["meta"]:  # the source's clean masks, never corrupted
+        assert (tmp_path / "meta" / e["label"]).resolve().parent == (tmp_path / "src" / "masks").resolve()
+        assert (tmp_path / "meta" / e["image"]).is_file() and "label_clean" not in e
+    # each remaining case has the noise it has without a meta set (its own stream)
+    noisy_plain = {c["label_clean"]: c["label"] for c in plain["cases"]}
+    for c in report["cases"]:
+        a = read_label(tmp_path / "meta" / c["label"])[0]
+        b = read_label(tmp_path / "plain" / noisy_plain[c["label_clean"]])[0]
+        assert np.array_equal(a, b)
+    again = make_noisy_dataset(datalist, tmp_path / "count", "dilate", seed=0, k=2, meta_count=2, verbose=False)
+    assert [c["label"] for c in again["cases"]] == [c["label"] for c in report["cases"]]
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    (dict(meta_fraction=1.0), "--meta-fraction"), (dict(meta_fraction=0.0), "--meta-fraction"),
+    (dict(meta_count=6), "--meta-count 6"), (dict(meta_count=0), "--meta-count 0"),
+    (dict(meta_count=1, meta_fraction=0.5), "give one of them"),
+])
+def test_bad_meta_options(tmp_path, kw, match):
+    datalist = make_png_dataset(tmp_path / "src", n_train=6)
+    with pytest.raises(DataPrepError, match=match):
+        make_noisy_dataset(datalist, tmp_path / "o", "dilate", verbose=False, **kw)
+
+
+def test_a_source_with_a_meta_section_keeps_it_and_refuses_a_second(tmp_path):
+    datalist = make_png_dataset(tmp_path / "src")
+    doc = json.loads(datalist.read_text())
+    doc["meta"] = [doc["validation"][0]]
+    datalist.write_text(json.dumps(doc))
+    out = make_noisy_dataset(datalist, tmp_path / "o", "dilate", verbose=False)
+    assert out["n_meta"] == 0
+    assert len(json.loads((tmp_path / "o" / "datalist.json").read_text())["meta"]) == 1
+    with pytest.raises(DataPrepError, match="already has a 'meta' section"):
+        make_noisy_dataset(datalist, tmp_path / "o2", "dilate", meta_count=1, verbose=False)

@@ -243,3 +243,21 @@ def test_add_parser_registers_synthetic_command(tmp_path, capsys):
     assert doc["synthetic"]["seed"] == 2 and doc["synthetic"]["dims"] == 3 and doc["test"] == []
     with pytest.raises(SystemExit):
         parser.parse_args(["synthetic", "--out", "x", "--dims", "4"])
+
+
+def test_meta_section_adds_clean_cases_and_changes_no_other_case(tmp_path):
+    small_2d(tmp_path / "plain")
+    summary = small_2d(tmp_path / "meta", n_meta=3)
+    doc = json.loads((tmp_path / "meta" / "datalist.json").read_text())
+    assert [e["image"] for e in doc["meta"]] == [f"images/meta_{i:03d}.png" for i in range(3)]
+    assert all(set(e) == {"image", "label"} and e["label"].startswith("labels/") for e in doc["meta"])
+    assert summary["counts"]["meta"] == 3 and summary["labels"]["meta"]["count"] == 3
+    for rel in ("images/train_000.png", "labels_noisy/train_001.png", "images/val_001.png", "labels/test_000.png"):
+        assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "meta" / rel).read_bytes(), rel
+    plain = json.loads((tmp_path / "plain" / "datalist.json").read_text())
+    assert "meta" not in plain and "meta" not in json.loads((tmp_path / "plain" / "summary.json").read_text())["counts"]
+    # dropping the meta cases again removes their files
+    small_2d(tmp_path / "meta")
+    assert not list((tmp_path / "meta" / "images").glob("meta_*"))
+    with pytest.raises(DataPrepError, match="non-negative"):
+        small_2d(tmp_path / "bad", n_meta=-1)

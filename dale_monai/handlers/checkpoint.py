@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["LastCheckpoint", "capture_rng_state", "find_random_states", "restore_rng_state"]
+__all__ = ["LastCheckpoint", "capture_rng_state", "check_checkpoint_covers", "find_random_states", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -226,3 +226,33 @@ class LastCheckpoint:
                 logger.warning(f"{self.path} holds no random generator states: the resumed run will not repeat "
                                "the uninterrupted one exactly")
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+
+
+def check_checkpoint_covers(handlers: Sequence[Any] | None, objects: Mapping[str, Any], owner: str) -> None:
+    """Refuse a :class:`LastCheckpoint` among ``handlers`` that would not save every one of ``objects``.
+
+    A trainer with several networks and optimizers (or a weight network) resumes exactly only if the checkpoint
+    holds all of them; a ``save_dict`` naming just the first network would silently restart the others from
+    scratch. Objects are matched by identity, whatever their names in ``save_dict``. A ``LastCheckpoint`` wrapped
+    by :class:`~dale_monai.distributed.ResumeOnly` (ranks other than 0) is checked as well.
+
+    Args:
+        handlers: a trainer's ``train_handlers`` (``None``: nothing to check).
+        objects: name → object the trainer needs saved (e.g. its ``checkpoint_objects()``).
+        owner: the trainer, named in the error.
+
+    Raises:
+        ValueError: naming the objects missing from a ``LastCheckpoint``'s ``save_dict``.
+    """
+    for handler in handlers or ():
+        ckpt = handler if isinstance(handler, LastCheckpoint) else getattr(handler, "checkpoint", None)
+        if not isinstance(ckpt, LastCheckpoint):
+            continue
+        saved = {id(v) for v in ckpt.save_dict.values()}
+        missing = [name for name, obj in objects.items() if id(obj) not in saved]
+        if missing:
+            raise ValueError(
+                f"{owner}: the LastCheckpoint writing {ckpt.path} would not save {missing}: a resumed run would start "
+                f"them from scratch. Add them to its save_dict (it has {sorted(ckpt.save_dict)}), e.g. "
+                + ", ".join(f"'{name}'" for name in missing) + "."
+            )

@@ -24,6 +24,11 @@ Pseudo-labels are soft masks; ``label`` binarises them at ``--threshold`` (128) 
 keeps them as 0..255 PNG. Every entry carries ``label_soft`` (radiologists' masks as 0/255) so that
 all sections share the same keys. ``--task multiclass``: 0 background, 1 ground-glass opacity,
 2 consolidation; training/validation split of the 50 training slices, test = the test set.
+
+``--meta-count N`` (or ``--meta-fraction F``) moves N fixed-seed radiologist-labelled training slices (the
+doctor-labelled ones; for ``--task multiclass`` the multi-class training slices) into a ``meta`` section,
+left out of training and validation: the small clean set of meta re-weighting (MW-Net, learning to
+re-weight: ``configs/mwnet_train.json`` of the bundles).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from __future__ import annotations
 import argparse
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from ..convert import (
     IMAGE_FILES_HELP,
@@ -50,7 +57,7 @@ from ..convert import (
 from ..io import DataPrepError, read_image_2d, read_mask_2d
 from ..masks import binary_mask, class_mask, soft_mask
 
-__all__ = ["add_parser", "convert", "find_dataset_root", "present_parts", "PARTS"]
+__all__ = ["add_parser", "convert", "find_dataset_root", "present_parts", "PARTS", "meta_keys"]
 
 DOCTOR = "TrainingSet/LungInfection-Train/Doctor-label"
 PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label"
@@ -131,6 +138,33 @@ def present_parts(root: Path, task: str, train_labels: str) -> tuple[list[str], 
     return found, sections, notes
 
 
+def meta_keys(keys: list[str], count: int | None, fraction: float | None, seed: int,
+              keep: int = 1) -> set[str]:
+    """The keys of the ``meta`` section: ``count`` (or ``round(fraction·n)``) of ``keys``, chosen by ``seed``.
+
+    Args:
+        keys: the radiologist-labelled training slices.
+        count: how many (``--meta-count``), or ``None``.
+        fraction: which share (``--meta-fraction``), or ``None``.
+        seed: the split seed (its own stream: the choice does not depend on the validation split).
+        keep: slices that must remain for validation.
+
+    Raises:
+        DataPrepError: both options given, or too few slices left, naming the option.
+    """
+    if count is not None and fraction is not None:
+        raise DataPrepError("--meta-count and --meta-fraction: give one of them")
+    if count is None and fraction is None:
+        return set()
+    option = f"--meta-count {count}" if count is not None else f"--meta-fraction {fraction}"
+    n = count if count is not None else int(np.floor(fraction * len(keys) + 0.5))
+    if n < 1 or n > len(keys) - keep:
+        raise DataPrepError(f"{option}: {n} meta slice(s) of {len(keys)} radiologist-labelled training slices; "
+                            f"choose 1..{max(len(keys) - keep, 0)} so that {keep} remain for validation")
+    ordered = sorted(keys)
+    return {ordered[i] for i in np.random.default_rng([int(seed), 7]).permutation(len(ordered))[:n]}
+
+
 def convert(args: argparse.Namespace) -> int:
     """Find the pairs of the requested task in the parts present and convert them."""
     root = find_dataset_root(args.src)
@@ -138,6 +172,7 @@ def convert(args: argparse.Namespace) -> int:
     if not 1 <= threshold <= 255:
         raise DataPrepError(f"--threshold {threshold}: must be within 1..255")
     present, sections_found, absent_notes = present_parts(root, args.task, args.train_labels)
+    meta_count, meta_fraction = getattr(args, "meta_count", None), getattr(args, "meta_fraction", None)
     pairs: list[Pair] = []
     skipped: list[Skip] = []
 
@@ -152,19 +187,24 @@ def convert(args: argparse.Namespace) -> int:
             pairs.append(Pair(key, section, partial(loader, image, mask), (str(image), str(mask)),
                               extras=("label_soft",) if args.task == "binary" else ()))
 
-    def split(rel: str, prefix: str) -> dict[str, str]:
+    def split(rel: str, prefix: str, fixed: str | None = None) -> dict[str, str]:
+        """Section of each radiologist-labelled training slice: meta slices first, then ``fixed`` or the split."""
         if rel not in present:
             return {}
         found, _ = _folder_pairs(root, rel, args.limit)
-        return assign_sections([f"{prefix}/{s}" for s, _, _ in found], (1 - args.val_fraction, args.val_fraction, 0),
-                               args.seed)
+        keys = [f"{prefix}/{s}" for s, _, _ in found]
+        meta = meta_keys(keys, meta_count, meta_fraction, args.seed)
+        rest = [k for k in keys if k not in meta]
+        where = ({k: fixed for k in rest} if fixed is not None else
+                 assign_sections(rest, (1 - args.val_fraction, args.val_fraction, 0), args.seed))
+        return {**where, **{k: "meta" for k in meta}}
 
     if args.task == "binary":
         hard = _load_hard
         if args.train_labels in ("pseudo", "both"):
             add(PSEUDO, "pseudo", "training", partial(_load_soft, threshold=threshold))
         if args.train_labels == "pseudo":
-            add(DOCTOR, "doctor", "validation", hard)
+            add(DOCTOR, "doctor", split(DOCTOR, "doctor", fixed="validation"), hard)
         else:
             add(DOCTOR, "doctor", split(DOCTOR, "doctor"), hard)
         add(TEST, "test", "test", hard)
@@ -186,6 +226,13 @@ def convert(args: argparse.Namespace) -> int:
     return run_job(job, args)
 
 
+def _meta_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be within (0, 1)")
+    return value
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``covid_semiseg``."""
     p = subparsers.add_parser("covid_semiseg", help="COVID-SemiSeg CT lung infection (Inf-Net layout)",
@@ -197,4 +244,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("binary", "multiclass"), default="binary")
     p.add_argument("--train-labels", choices=("pseudo", "doctor", "both"), default="pseudo",
                    help="training labels for --task binary (default pseudo)")
+    meta = p.add_mutually_exclusive_group()
+    meta.add_argument("--meta-count", type=int, default=None,
+                      help="radiologist-labelled training slices moved to a 'meta' section (the clean set of "
+                           "MW-Net; left out of training and validation)")
+    meta.add_argument("--meta-fraction", type=_meta_fraction, default=None,
+                      help="the same as a share of those slices, in (0, 1)")
     p.set_defaults(func=convert)

@@ -127,6 +127,11 @@ ARMS: dict[str, dict] = {
     "dale_band_fast": dict(paradigm="dale", omega="sum", wasserstein=False, **_SHIPPED, partition_opts=_BAND,
                            omega_opts=_FAST),
     "dale_fast": dict(paradigm="dale", omega="sum", wasserstein=False, **_SHIPPED, omega_opts=_FAST),
+    # the other noisy-label paradigms (issue 11; accuracy_paradigms.py)
+    "gce": dict(paradigm="gce", omega=None, wasserstein=False),
+    "sce": dict(paradigm="sce", omega=None, wasserstein=False),
+    "coteaching": dict(paradigm="coteaching", omega=None, wasserstein=False),
+    "trinet": dict(paradigm="trinet", omega=None, wasserstein=False),
 }
 
 
@@ -382,7 +387,7 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
     md = [f"# Protocol {protocol.number}: {protocol.title}", "",
           f"{'Complete' if finished else 'PARTIAL (still running)'}: seeds {seeds_done}.", "",
           f"- Command: `{command}`", f"- Commit: `{_commit()}`; code version of the runs (hash of the training sources, "
-          f"`accuracy_core.CODE_FILES`): {', '.join(sorted({r['code_version'] for r in runs}))}",
+          f"`accuracy_core.code_version(paradigm)`): {', '.join(sorted({r['code_version'] for r in runs}))}",
           f"- Profile: {profile.describe()}",
           f"- Question: {protocol.question}",
           f"- Test set: {'`' + args.test_datalist + '` (test section; the runs trained on the datasets below)' if args.test_datalist else 'the datasets test sections'}.",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:  # accuracy_paradigms.py beside this file
+    sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ignite.engine import Events  # noqa: E402
 from monai.data import DataLoader, Dataset, load_decathlon_datalist  # noqa: E402
@@ -62,6 +65,12 @@ __all__ = [
     "prepare_dataset",
     "load_split",
     "run_cached",
+    "Paradigm",
+    "PARADIGMS",
+    "register_paradigm",
+    "paradigm",
+    "code_version",
+    "CORE_FILES",
     "evaluate",
     "score_external",
     "METRICS",
@@ -205,7 +214,9 @@ class RunConfig:
     Args:
         dataset: prepared dataset name (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``,
             ``ph2_<noise>``).
-        paradigm: ``"standard"`` (MONAI ``SupervisedTrainer``) or ``"dale"`` (``DALETrainer``).
+        paradigm: a registered paradigm (:data:`PARADIGMS`): ``"standard"`` (MONAI ``SupervisedTrainer``),
+            ``"dale"`` (``DALETrainer``) or one of ``accuracy_paradigms.py`` (``gce``, ``sce``, ``coteaching``,
+            ``trinet``).
         omega: ``None`` (ω = 1, the ablation without ω) or the ``OmegaMetaStep`` reduction.
         wasserstein: attach ``WassersteinAlignment`` (α = 0.05).
         use_entropy, use_edges, entropy: partition options (ablation).
@@ -238,22 +249,74 @@ class RunConfig:
 
     def key(self) -> str:
         # the code version is part of the key: a cached run never stands for a result of other code
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + code_version()
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + code_version(self.paradigm)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-#: the sources a run's result depends on (the training path; not prediction, bundles or data_prep)
-CODE_FILES = ("dale_monai/partition.py", "dale_monai/transforms.py", "dale_monai/meta.py", "dale_monai/wasserstein.py",
-              "dale_monai/losses.py", "dale_monai/metrics.py", "dale_monai/networks.py", "dale_monai/engines/trainer.py",
-              "dale_monai/engines/utils.py", "dale_monai/handlers/wasserstein.py", "benchmarks/accuracy_core.py")
+#: the sources every run's result depends on (data, network, loss, training loop, evaluation): a change in any
+#: of them gives every run a new cache key
+CORE_FILES = ("dale_monai/partition.py", "dale_monai/transforms.py", "dale_monai/losses.py", "dale_monai/metrics.py",
+              "benchmarks/accuracy_core.py")
 
 
-def code_version() -> str:
-    """SHA-1 (12 hex digits) of :data:`CODE_FILES`: a change in any of them gives every run a new cache key."""
+@dataclass(frozen=True)
+class Paradigm:
+    """How a benchmark arm's paradigm builds its trainer, and the sources its runs depend on besides the core.
+
+    Args:
+        build: ``build(cfg, common, extras) -> (trainer, stats)``: the Ignite trainer for the run and an optional
+            diagnostics handler with ``means()`` (or None). ``common`` holds the keyword arguments every MONAI
+            trainer takes (device, max_epochs, train_data_loader, network, optimizer, loss_function,
+            ``decollate=False``); ``extras`` holds ``make_network`` (a fresh, freshly initialised network of the
+            profile on the device, for paradigms that train several) and ``lr`` (the profile's Adam rate).
+        files: repository paths of the library sources the paradigm uses beyond :data:`CORE_FILES`.
+        partition: the training pipeline ends with ``FuzzyPartitiond`` (the run's partition options).
+    """
+
+    build: Callable[[Any, dict, dict], tuple[Any, Any]]
+    files: tuple[str, ...] = ()
+    partition: bool = False
+
+
+#: registered paradigms; ``standard`` and ``dale`` here, the others in ``accuracy_paradigms.py``
+PARADIGMS: dict[str, Paradigm] = {}
+
+
+def register_paradigm(name: str, files: Sequence[str] = (), partition: bool = False):
+    """Decorator registering ``build`` as the paradigm ``name`` (see :class:`Paradigm`)."""
+
+    def deco(build):
+        if name in PARADIGMS:
+            raise ValueError(f"paradigm {name!r} is registered twice")
+        PARADIGMS[name] = Paradigm(build, tuple(files), partition)
+        return build
+
+    return deco
+
+
+def paradigm(name: str) -> Paradigm:
+    """The registered paradigm ``name`` (loading ``accuracy_paradigms.py`` for those outside the core)."""
+    if name not in PARADIGMS:
+        import accuracy_paradigms  # noqa: F401  (registers the other paradigms)
+    if name not in PARADIGMS:
+        raise ValueError(f"unknown paradigm {name!r}; registered: {sorted(PARADIGMS)}")
+    return PARADIGMS[name]
+
+
+def code_version(paradigm_name: str | None = None) -> str:
+    """SHA-1 (12 hex digits) of the sources a run depends on: :data:`CORE_FILES`, and for a paradigm its own
+    library files and the source of its build function. A change in the core retrains every run; a change in one
+    paradigm's code (or a new paradigm) leaves the cached runs of the others valid."""
     h = hashlib.sha1()
-    for path in (REPO / f for f in CODE_FILES):
+    files = list(CORE_FILES)
+    if paradigm_name is not None:
+        par = paradigm(paradigm_name)
+        files += [f for f in par.files if f not in files]
+    for path in (REPO / f for f in files):
         h.update(path.relative_to(REPO).as_posix().encode())
         h.update(path.read_bytes())
+    if paradigm_name is not None:
+        h.update(inspect.getsource(paradigm(paradigm_name).build).encode())
     return h.hexdigest()[:12]
 
 
@@ -392,7 +455,7 @@ def _network(profile: Profile, in_channels: int) -> torch.nn.Module:
 def _train_transform(cfg: RunConfig, profile: Profile, keys: tuple[str, ...]) -> Compose:
     xs = [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1),
           RandRotate90d(keys, prob=0.5, spatial_axes=(0, 1))]
-    if cfg.paradigm == "dale":
+    if paradigm(cfg.paradigm).partition:
         xs.append(FuzzyPartitiond(("image", "label"), patch_size=profile.patch, tau=0.9, entropy=cfg.entropy,
                                   use_entropy=cfg.use_entropy, use_edges=cfg.use_edges,
                                   **json.loads(cfg.partition_opts or "{}")))
@@ -525,6 +588,27 @@ def evaluate(net: torch.nn.Module, test: list[dict], profile: Profile,
     return metrics, rows, pred
 
 
+@register_paradigm("standard")
+def _build_standard(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """MONAI's ``SupervisedTrainer``: the baseline every arm is compared with."""
+    return SupervisedTrainer(**common), None
+
+
+@register_paradigm("dale", files=("dale_monai/meta.py", "dale_monai/wasserstein.py", "dale_monai/networks.py",
+                                  "dale_monai/engines/trainer.py", "dale_monai/engines/utils.py",
+                                  "dale_monai/handlers/wasserstein.py"), partition=True)
+def _build_dale(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, "_DALEStats"]:
+    """``DALETrainer`` with the run's ω options, mask handling and (optionally) ``WassersteinAlignment``."""
+    omega_kw = {"method": "jvp", **json.loads(cfg.omega_opts or "{}")}
+    omega = None if cfg.omega is None else OmegaMetaStep(reduction=cfg.omega, **omega_kw)
+    trainer = DALETrainer(**common, omega_step=omega, mask_mode=cfg.mask_mode, mask_inputs=cfg.mask_inputs)
+    if cfg.wasserstein:
+        WassersteinAlignment(alpha=cfg.alpha, seed=cfg.seed).attach(trainer)
+    stats = _DALEStats()
+    stats.attach(trainer)
+    return trainer, stats
+
+
 def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val: list[dict],
                        test: list[dict]) -> tuple[dict, dict[str, np.ndarray], dict[str, Any]]:
     """Train one run and score its final and its best-validation weights on ``test``.
@@ -550,19 +634,8 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight, batch=profile.dice_batch)
     common = dict(device=device, max_epochs=epochs, train_data_loader=loader, network=net, optimizer=opt,
                   loss_function=loss, decollate=False)
-    stats = None
-    if cfg.paradigm == "standard":
-        trainer = SupervisedTrainer(**common)
-    elif cfg.paradigm == "dale":
-        omega_kw = {"method": "jvp", **json.loads(cfg.omega_opts or "{}")}
-        omega = None if cfg.omega is None else OmegaMetaStep(reduction=cfg.omega, **omega_kw)
-        trainer = DALETrainer(**common, omega_step=omega, mask_mode=cfg.mask_mode, mask_inputs=cfg.mask_inputs)
-        if cfg.wasserstein:
-            WassersteinAlignment(alpha=cfg.alpha, seed=cfg.seed).attach(trainer)
-        stats = _DALEStats()
-        stats.attach(trainer)
-    else:
-        raise ValueError(f"unknown paradigm {cfg.paradigm!r}")
+    extras = {"make_network": lambda: _network(profile, in_channels).to(device), "lr": profile.lr}
+    trainer, stats = paradigm(cfg.paradigm).build(cfg, common, extras)
     iterations = epochs * len(loader)
     curve = _Curve(net, val, device, every=max(1, iterations // max(1, profile.val_points)))
     curve.attach(trainer)
@@ -575,7 +648,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     metrics_best, rows_best, _ = evaluate(net, test, profile, device)
     record = {
         "key": cfg.key(),
-        "code_version": code_version(),
+        "code_version": code_version(cfg.paradigm),
         "config": dataclasses.asdict(cfg),
         "metrics": metrics,
         "metrics_best": metrics_best,

@@ -1,0 +1,64 @@
+"""The noisy-label paradigms of the accuracy benchmarks besides ``standard`` and ``dale`` (issue 11).
+
+Each is registered with :func:`accuracy_core.register_paradigm`: its cached runs depend on the core sources,
+the library files listed here and the source of its own build function, so adding or changing one paradigm
+leaves the cached runs of the others valid. Every paradigm trains the profile's network(s) with the profile's
+optimizer settings, epochs, batches, data order and augmentations; network 0 gets the same initialisation as
+``standard`` with the same seed (the extra networks of co-teaching and TriNet are initialised after it), and
+network 0 is the one evaluated, as the bundles save it.
+
+Defaults are the library's (``dale_monai.robust_losses``, ``dale_monai.engines``), whose docstrings give their
+sources: GCE q = 0.5 (Zhang & Sabuncu 2018), SCE α = β = 0.5 (Wang et al. 2019), co-teaching keep ratio
+s = 0.85 (PyMIC), TriNet s = 0.9 (PyMIC), ramps from 10 % to 80 % of the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accuracy_core import RunConfig, register_paradigm
+from monai.engines import SupervisedTrainer
+
+from dale_monai.engines.coteaching import CoTeachingTrainer
+from dale_monai.engines.trinet import TriNetTrainer
+from dale_monai.robust_losses import GeneralizedCELoss, SymmetricCELoss
+
+__all__: list[str] = []  # importing the module registers the paradigms
+
+
+@register_paradigm("gce", files=("dale_monai/robust_losses.py",))
+def _build_gce(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Standard training with the generalised cross-entropy (q = 0.5) in place of CE + Dice."""
+    return SupervisedTrainer(**{**common, "loss_function": GeneralizedCELoss()}), None
+
+
+@register_paradigm("sce", files=("dale_monai/robust_losses.py",))
+def _build_sce(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Standard training with the symmetric cross-entropy (α = β = 0.5) in place of CE + Dice."""
+    return SupervisedTrainer(**{**common, "loss_function": SymmetricCELoss()}), None
+
+
+def _networks(common: dict, extras: dict, n: int) -> tuple[list, list]:
+    import torch
+
+    nets = [common["network"]] + [extras["make_network"]() for _ in range(n - 1)]
+    opts = [common["optimizer"]] + [torch.optim.Adam(net.parameters(), lr=extras["lr"]) for net in nets[1:]]
+    return nets, opts
+
+
+@register_paradigm("coteaching", files=("dale_monai/coteaching.py", "dale_monai/engines/coteaching.py",
+                                        "dale_monai/engines/multi_network.py"))
+def _build_coteaching(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Co-teaching: two networks, each trained on the other's small-loss pixels (the run's loss, CE + Dice)."""
+    nets, opts = _networks(common, extras, 2)
+    rest = {k: v for k, v in common.items() if k not in ("network", "optimizer")}
+    return CoTeachingTrainer(networks=nets, optimizers=opts, **rest), None
+
+
+@register_paradigm("trinet", files=("dale_monai/coteaching.py", "dale_monai/engines/coteaching.py",
+                                    "dale_monai/engines/trinet.py", "dale_monai/engines/multi_network.py"))
+def _build_trinet(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """TriNet: three networks, each trained on the pixels both others select."""
+    nets, opts = _networks(common, extras, 3)
+    rest = {k: v for k, v in common.items() if k not in ("network", "optimizer")}
+    return TriNetTrainer(networks=nets, optimizers=opts, **rest), None

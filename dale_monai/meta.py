@@ -273,6 +273,8 @@ class OmegaMetaStep:
       al. evaluate g at ε = 0 (θ_p = θ_n); here g is the method's, at ω = 1, so that the rules act on the same
       g. ``lr``, ``eps`` (except for ``frac_small_grad``) and ``betas`` are unused, the normalisation makes
       ``reduction`` irrelevant, and K must be 1 (the rule is one-shot).
+      :class:`~dale_monai.handlers.WassersteinAlignment` takes the pixels with ω* > 1 as clean: under this rule,
+      those weighted above the mean.
 
     **K** (``steps``) > 1: for ``"jvp"`` and ``"double_backward"`` every step re-computes g at the current ω
     (θ_p moves with ω), K times the meta step's cost. For ``"first_order"`` g does not depend on ω (no

@@ -14,6 +14,7 @@ protocol 1's) train each only once; ``--no-cache`` in ``accuracy.py`` retrains.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import inspect
@@ -22,6 +23,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,10 +316,23 @@ def code_version(paradigm_name: str | None = None) -> str:
         files += [f for f in par.files if f not in files]
     for path in (REPO / f for f in files):
         h.update(path.relative_to(REPO).as_posix().encode())
-        h.update(path.read_bytes())
+        h.update(_code_text(path.read_text()).encode())
     if paradigm_name is not None:
-        h.update(inspect.getsource(paradigm(paradigm_name).build).encode())
+        h.update(_code_text(textwrap.dedent(inspect.getsource(paradigm(paradigm_name).build))).encode())
     return h.hexdigest()[:12]
+
+
+def _code_text(source: str) -> str:
+    """The code of a Python source without its docstrings and comments (``ast.dump``), so that editing the
+    documentation does not retrain cached runs."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
+                    first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
 
 
 def dataset_kind(dataset: str) -> str:

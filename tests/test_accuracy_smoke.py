@@ -157,6 +157,38 @@ def test_trace_collapse_prints_the_class_probabilities(tmp_path, monkeypatch, ca
     assert "SKIPPED" in capsys.readouterr().err
 
 
+def test_code_versions_ignore_documentation_and_other_paradigms():
+    import accuracy_core as ac
+
+    doc = 'def f(x):\n    """Doc."""\n    # why\n    return x + 1  # note\n'
+    assert ac._code_text(doc) == ac._code_text("def f(x):\n    return x + 1\n")
+    assert ac._code_text(doc) != ac._code_text("def f(x):\n    return x + 2\n")
+    before = {p: ac.code_version(p) for p in ("standard", "dale", "gce", "coteaching")}
+    assert len(set(before.values())) == 4 and ac.code_version() not in before.values()
+
+    @ac.register_paradigm("_probe_a")
+    def _a(cfg, common, extras):
+        return None, None
+
+    @ac.register_paradigm("_probe_b", files=("dale_monai/meta.py",))
+    def _b(cfg, common, extras):
+        return 1, None
+
+    try:
+        # a new paradigm leaves every other paradigm's runs valid, and has a version of its own
+        assert {p: ac.code_version(p) for p in before} == before
+        assert len({ac.code_version("_probe_a"), ac.code_version("_probe_b"), ac.code_version("standard")}) == 3
+        with pytest.raises(ValueError, match="twice"):
+            ac.register_paradigm("_probe_a")(_a)
+        with pytest.raises(ValueError, match="unknown paradigm"):
+            ac.paradigm("_nothing")
+        cfg = dict(dataset="ph2", seed=0, profile="toy", profile_fields="{}")
+        assert ac.RunConfig(paradigm="_probe_a", **cfg).key() != ac.RunConfig(paradigm="_probe_b", **cfg).key()
+    finally:
+        ac.PARADIGMS.pop("_probe_a", None)
+        ac.PARADIGMS.pop("_probe_b", None)
+
+
 def test_profile_settings_and_external_test_datalist_are_checked(tmp_path, capsys):
     base = accuracy.PROFILES["toy"]
     assert not base.dice_batch

@@ -197,7 +197,13 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "bins": 256,
             "edge": "morph",
             "entropy": "paper",
+            "partition_mode": "patch",
+            "combine": "max",
+            "band_width": None,
+            "band_profile": "hard",
             "omega_method": "jvp",
+            "omega_scope": "full",
+            "omega_rule": "adam",
             "omega_lr": 0.1,
             "omega_eps": 1e-8,
             "omega_steps": 1,
@@ -223,7 +229,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
             "partition": [
                 {"_target_": "dale_monai.transforms.FuzzyPartitiond", "keys": ["image", "label"],
                  "patch_size": "@dale#patch_size", "tau": "@dale#tau", "bins": "@dale#bins",
-                 "edge": "@dale#edge", "entropy": "@dale#entropy"},
+                 "edge": "@dale#edge", "entropy": "@dale#entropy", "mode": "@dale#partition_mode",
+                 "combine": "@dale#combine", "band_width": "@dale#band_width", "band_profile": "@dale#band_profile"},
             ],
             "preprocessing": {
                 "_target_": "Compose",
@@ -265,7 +272,8 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                 "loss_function": "@loss",
                 "omega_step": {"_target_": "dale_monai.meta.OmegaMetaStep", "method": "@dale#omega_method",
                                "lr": "@dale#omega_lr", "eps": "@dale#omega_eps", "steps": "@dale#omega_steps",
-                               "reduction": "@dale#omega_reduction"},
+                               "reduction": "@dale#omega_reduction", "scope": "@dale#omega_scope",
+                               "rule": "@dale#omega_rule"},
                 "mask_mode": "@dale#mask_mode",
                 "mask_inputs": "@dale#mask_inputs",
                 "inferer": "@train#inferer",
@@ -637,7 +645,11 @@ from one process on the same global batch; the real gradients are averaged exact
 
 ## DALE settings (`dale#...`)
 `patch_size` {ds['patch_size']}, `tau` 0.9, `bins` 256, `edge` morph, `entropy` paper (Eq. 3 as printed),
-`omega_method` jvp (exact; `double_backward` is the reference), `omega_lr` 0.1, `omega_eps` 1e-8, `omega_steps` (K)
+`partition_mode` patch (`band` with `band_width` N px: the pixels within N px of the label boundary are fuzzy;
+`paper` pins Eqs. 3–6), `combine` max (`weighted`, `ae`, `er`), `band_profile` hard (`linear`),
+`omega_method` jvp (exact; `double_backward` is the reference, `first_order` the fast approximation), `omega_scope`
+full (`head`: the meta gradient over the segmentation head only), `omega_rule` adam (`l2rw`: learning to
+re-weight), `omega_lr` 0.1, `omega_eps` 1e-8, `omega_steps` (K)
 1, `omega_reduction` mean (the released behaviour; `sum`/`normalized` re-weight more strongly), `alpha` 0.05
 (weight of the Wasserstein term), `mask_mode` weight and `mask_inputs` false (both steps see the whole image and the
 partition masks weight the losses; chosen on validation Dice, see the repository's `BENCHMARKS.md`; the paper's

@@ -275,3 +275,24 @@ def test_coteaching_resume_is_bit_identical(tmp_path, tiny2d):
     for key in ("optimizer", "optimizer_1"):
         for i, state in reference[key]["state"].items():
             assert all(torch.equal(resumed[key]["state"][i][k], v) for k, v in state.items() if torch.is_tensor(v))
+
+
+def test_issue14_dale_options_reach_the_pipeline_and_train(tmp_path, tiny2d):
+    """The band partition and the fast ω are one override away in every bundle: they reach FuzzyPartitiond and
+    OmegaMetaStep, and a run trains with them."""
+    from monai.bundle import ConfigWorkflow
+
+    name, root = "synthetic2d_unet", tmp_path / "bundle"
+    opts = {"dale#partition_mode": "band", "dale#band_width": 3, "dale#omega_method": "first_order",
+            "dale#omega_scope": "head", "dale#omega_reduction": "sum", "dale#omega_lr": 1.0}
+    workflow = ConfigWorkflow(config_file=_configs(name, "train.json"), workflow_type="train", bundle_root=str(root),
+                              dataset_dir=str(tiny2d), spatial_size=_small(name), batch_size=2, num_epochs=1,
+                              val_interval=1, **opts)
+    workflow.initialize()
+    part = workflow.parser.get_parsed_content("train#partition")[0]
+    step = workflow.trainer.omega_step
+    assert (part.partition.mode, part.partition.band_width) == ("band", 3)
+    assert (step.method, step.scope, step.reduction, step.lr, step.rule) == ("first_order", "head", "sum", 1.0, "adam")
+    workflow.run()
+    workflow.finalize()
+    _assert_trained(name, root)

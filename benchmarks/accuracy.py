@@ -341,9 +341,15 @@ def _example_figures(outdir: Path, splits_by_ds: dict, arrays: dict, datasets, a
     return figs
 
 
+def _in_cache(cfg: RunConfig, cache: Path) -> bool:
+    """Whether :func:`accuracy_core.run_cached` would read ``cfg``'s run from ``cache`` (its three files)."""
+    key = cfg.key()
+    return all((cache / f"{key}{ext}").is_file() for ext in (".json", ".npz", ".pt"))
+
+
 def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: dict, splits_by_ds: dict,
                  datasets: list[str], arms: list[str], work: Path, outdir: Path, command: str,
-                 finished: bool) -> None:
+                 finished: bool, missing: list[str] | None = None) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     write_csv(outdir / "runs.csv", runs, RUN_COLUMNS)
     best_arms = [a + BEST for a in arms]
@@ -385,7 +391,8 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
     figs += _example_figures(outdir, splits_by_ds, arrays, datasets, arms)
     seeds_done = sorted({r["seed"] for r in runs})
     md = [f"# Protocol {protocol.number}: {protocol.title}", "",
-          f"{'Complete' if finished else 'PARTIAL (still running)'}: seeds {seeds_done}.", "",
+          f"{'Complete' if finished else 'PARTIAL'}: seeds {seeds_done}."
+          + (f" Not in the cache yet ({len(missing)}): {'; '.join(missing)}." if missing else ""), "",
           f"- Command: `{command}`", f"- Commit: `{_commit()}`; code version of the runs (hash of the training sources, "
           f"`accuracy_core.code_version(paradigm)`): {', '.join(sorted({r['code_version'] for r in runs}))}",
           f"- Profile: {profile.describe()}",
@@ -431,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
                              "covid_doctor, ph2, ph2_<protocol>_k<k> of the profile's noise levels); the results "
                              "folder then gets their names as a suffix")
     parser.add_argument("--no-cache", action="store_true", help="retrain runs found in the cache")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="train nothing: report the runs found in the cache and list the missing ones (a "
+                             "protocol still running, or run in parts with different --arms)")
     parser.add_argument("--test-datalist", default=None,
                         help="score every run's final and best-validation weights on the 'test' section of this "
                              "MONAI datalist (e.g. independent held-out data) instead of the dataset's own; runs "
@@ -498,11 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     runs, arrays = [], {}
     print(f"protocol {protocol.number} {protocol.name}, profile {profile.name}, seeds {seeds}, datasets {ds_names}, "
           f"arms {arms}", flush=True)
+    missing = []
     for seed in seeds:  # seeds outermost: the report is rewritten, paired, after every seed
         for ds in ds_names:
             for arm in arms:
                 cfg = RunConfig(dataset=ds, seed=seed, profile=profile.name,
                                 profile_fields=profile_fields(profile, ds), **ARMS[arm])
+                if args.cached_only and not _in_cache(cfg, cache):
+                    missing.append(f"seed {seed} {ds} {arm}")
+                    print(f"seed {seed} {ds:>22} {arm:>10}: not in the cache (--cached-only), left out", flush=True)
+                    continue
                 t0 = time.perf_counter()
                 rec, arr, weights = run_cached(cfg, profile, splits_by_ds[ds], cache, use_cache=not args.no_cache)
                 if ext_test is not None:
@@ -516,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{rec['metrics']['hd95']:.2f} ({rec['iterations']} it, cpu {rec['train_cpu_s']:.0f} s, "
                       f"{time.perf_counter() - t0:.0f} s now)", flush=True)
         write_report(protocol, profile, args, runs, arrays, splits_by_ds, ds_names, arms, work, outdir, command,
-                     finished=seed == seeds[-1])
+                     finished=seed == seeds[-1] and not missing, missing=missing)
     print(f"results: {outdir}", flush=True)
     return 0
 

@@ -112,6 +112,14 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     assert "ext-ph2" not in str(res) and "datalist.json` (test section" in (
         out / "injected_noise_toy_ext-ph2" / "README.md").read_text()
 
+    # --cached-only trains nothing: the cached runs are reported, a missing arm is listed
+    assert accuracy.main([*argv, "--cached-only", "--arms", "dale,dale_unmasked"]) == 0
+    partial = (res / "README.md").read_text()
+    assert "PARTIAL" in partial and "seed 0 ph2 dale_unmasked" in partial
+    _, cached_runs = _read(res / "runs.csv")
+    assert {r["arm"] for r in cached_runs} == {"standard", "dale", "standard@best", "dale@best"}
+    assert accuracy.main(argv) == 0  # the complete report again
+
     # a profile with many validation points reports the paired time to standard training's best validation
     # Dice; standard reaches its own best exactly at its own time
     assert accuracy.main([*argv, "--set", "val_points=20"]) == 0

@@ -856,6 +856,8 @@ default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwn
 SEMISUP_PARADIGMS = {
     "meanteacher_train.json": "Mean teacher (EMA teacher, consistency loss ramped up; SSL4MIS defaults)",
     "cps_train.json": "Cross pseudo supervision (two networks teach each other with hard pseudo-labels)",
+    "fixeddynamic_train.json": "Fixed + dynamic pseudo-labels (two subnets, shifted crops, COM, CutMix; "
+                               "reconstructed from the paper's figures)",
 }
 
 
@@ -961,12 +963,33 @@ def cps_overlay(train: dict, ds: dict) -> dict:
     }
 
 
+def fixeddynamic_overlay(train: dict, ds: dict) -> dict:
+    """Fixed + dynamic pseudo-labels: subnet A is ``@network``, subnet B a second copy of ``network_def``."""
+    return {
+        # every default is this project's choice: the paper's values were not available
+        "fixeddynamic": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "alpha": 1.0, "fixed_weight": 1.0,
+                         "dynamic_weight": 1.0, "crop_fraction": 0.75, "size_multiple": 32, "shift_fraction": 0.125},
+        **_unlabeled_pipeline(ds),
+        **_extra_network(1),
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.FixedDynamicTrainer", "fixeddynamic", networks="$[@network, @network_1]",
+            optimizers="$[@optimizer, @optimizer_1]", alpha="@fixeddynamic#alpha",
+            fixed_weight="@fixeddynamic#fixed_weight", dynamic_weight="@fixeddynamic#dynamic_weight",
+            crop_fraction="@fixeddynamic#crop_fraction", size_multiple="@fixeddynamic#size_multiple",
+            shift_fraction="@fixeddynamic#shift_fraction"),
+        **_NO_DALE,
+        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)",
+                             "optimizer_1": "@optimizer_1"}),
+    }
+
+
 def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`SEMISUP_PARADIGMS`."""
     train = train_config(name, ds, bb)
     out = {
         "meanteacher_train.json": meanteacher_overlay(train, ds),
         "cps_train.json": cps_overlay(train, ds),
+        "fixeddynamic_train.json": fixeddynamic_overlay(train, ds),
     }
     assert set(out) == set(SEMISUP_PARADIGMS)
     return out
@@ -984,7 +1007,10 @@ def semisup_readme(name: str, ds: dict) -> str:
 {hint}.
 The epoch is one pass over the labelled set (`--<section>#epoch_length unlabeled`, or a number of iterations);
 the unsupervised weight ramps up over the whole run (`--<section>#rampup_length N` iterations), sections
-`meanteacher`, `cps`; `--unlabeled_batch_size` sets the unlabelled batch. `@network` is the model validated and
+`meanteacher`, `cps`, `fixeddynamic`; `--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
+pseudo-labels train on crops of 0.75 of the input side, rounded down to a multiple of 32, shifted by an eighth
+of the crop (`--fixeddynamic#crop_fraction`, `#size_multiple`, `#shift_fraction`; all three are this project's
+choice). `@network` is the model validated and
 saved; the checkpoint also holds the teacher or the second network. See the repository's `docs/paradigms.md`.
 """
 

@@ -25,7 +25,10 @@ PLACEHOLDER_DATA = {"train#dataset#data": _ITEM, "validate#dataset#data": _ITEM,
 SEMISUP = {
     "meanteacher_train.json": ("MeanTeacherTrainer", "meanteacher", {"teacher"}),
     "cps_train.json": ("CrossPseudoSupervisionTrainer", "cps", {"model_1", "optimizer_1"}),
+    "fixeddynamic_train.json": ("FixedDynamicTrainer", "fixeddynamic", {"model_1", "optimizer_1"}),
 }
+#: the fixed + dynamic crops need room: 0.75 of 64 is one multiple of 32, shifted by 4 both ways
+RUN_SIZE = {"fixeddynamic_train.json": [64, 64]}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,6 +103,20 @@ def test_a_missing_or_empty_unlabeled_section_names_the_data_prep_option(name, c
         assert "python -m data_prep" in message and str(tmp_path) in message
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fixed_dynamic_crops_fit_every_bundle_s_input(name):
+    """With its default settings the fixed + dynamic overlay crops every bundle's training input."""
+    from monai.bundle import ConfigParser
+
+    from dale_monai.fixed_dynamic import crop_geometry
+
+    parser = ConfigParser()
+    parser.read_config(_configs(name, "train.json", "fixeddynamic_train.json"))
+    s = parser["fixeddynamic"]
+    crop, shift = crop_geometry(parser["spatial_size"], s["crop_fraction"], s["size_multiple"], s["shift_fraction"])
+    assert all(c % 32 == 0 for c in crop)
+
+
 @pytest.mark.parametrize("name", ["synthetic3d_segresnet", "covid_semiseg_swinunetr", "synapse_unet"])
 def test_trainers_are_constructed(name, tmp_path):
     from monai.bundle import ConfigWorkflow
@@ -130,7 +147,8 @@ def tiny_semi(tmp_path_factory) -> Path:
 def _train(root: Path, data: Path, overlay: str, **extra) -> None:
     from monai.bundle import run
 
-    overrides = {"bundle_root": str(root), "dataset_dir": str(data), "spatial_size": [32, 32], "batch_size": 2,
+    overrides = {"bundle_root": str(root), "dataset_dir": str(data), "spatial_size": RUN_SIZE.get(overlay, [32, 32]),
+                 "batch_size": 2,
                  "num_epochs": 1, "val_interval": 1, **extra}
     run("training", config_file=_configs("synthetic2d_unet", "train.json", overlay), **overrides)
 
@@ -142,8 +160,8 @@ def test_two_epochs_through_the_bundle(overlay, tmp_path, tiny_semi):
     cls, _, extra = SEMISUP[overlay]
     root = tmp_path / "bundle"
     workflow = ConfigWorkflow(config_file=_configs("synthetic2d_unet", "train.json", overlay), workflow_type="train",
-                              bundle_root=str(root), dataset_dir=str(tiny_semi), spatial_size=[32, 32], batch_size=2,
-                              num_epochs=2, val_interval=1)
+                              bundle_root=str(root), dataset_dir=str(tiny_semi),
+                              spatial_size=RUN_SIZE.get(overlay, [32, 32]), batch_size=2, num_epochs=2, val_interval=1)
     workflow.initialize()
     trainer = workflow.trainer
     assert type(trainer).__name__ == cls

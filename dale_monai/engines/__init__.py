@@ -1,5 +1,6 @@
 from .coteaching import CoTeachingTrainer
 from .cps import CrossPseudoSupervisionTrainer
+from .fixed_dynamic import FixedDynamicKeys, FixedDynamicTrainer
 from .mean_teacher import MeanTeacherKeys, MeanTeacherTrainer
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, optimizer_like
 from .mwnet import MetaReweightKeys, MetaReweightTrainer
@@ -11,4 +12,5 @@ from .utils import DALEEvents, DALEKeys
 __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError",
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
            "MetaReweightTrainer", "MetaReweightKeys", "SemiSupervisedTrainer", "SemiSupervisedKeys", "PairedBatches",
-           "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer"]
+           "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer", "FixedDynamicTrainer",
+           "FixedDynamicKeys"]

@@ -858,6 +858,8 @@ SEMISUP_PARADIGMS = {
     "cps_train.json": "Cross pseudo supervision (two networks teach each other with hard pseudo-labels)",
     "fixeddynamic_train.json": "Fixed + dynamic pseudo-labels (two subnets, shifted crops, COM, CutMix; "
                                "reconstructed from the paper's figures)",
+    "dalepl_train.json": "DALE on pseudo-labels (an EMA teacher's pseudo-labels of the unlabelled images through "
+                         "DALE's partition and ω steps, beside the supervised loss)",
 }
 
 
@@ -983,6 +985,25 @@ def fixeddynamic_overlay(train: dict, ds: dict) -> dict:
     }
 
 
+def dalepl_overlay(train: dict, ds: dict) -> dict:
+    """DALE on pseudo-labels: the student is ``@network``, the teacher an EMA copy; partition and ω from ``dale``."""
+    trainer = train["train"]["trainer"]
+    return {
+        # the teacher as the mean teacher's (SSL4MIS); unsup_weight 1 is this project's choice
+        "dalepl": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "ema_decay": 0.99},
+        **_unlabeled_pipeline(ds),
+        "teacher": {"_target_": "dale_monai.semisup.ema_teacher", "network": "@network"},
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.DALEPseudoLabelTrainer", "dalepl", networks="$[@network]",
+            optimizers="$[@optimizer]", teacher="@teacher", ema_decay="@dalepl#ema_decay",
+            omega_step=trainer["omega_step"], patch_size="@dale#patch_size", tau="@dale#tau", bins="@dale#bins",
+            edge="@dale#edge", entropy="@dale#entropy", mask_inputs="@dale#mask_inputs"),
+        # the labelled batch needs no partition (the pseudo-labels are partitioned in the loop); no Wasserstein term
+        **_NO_DALE,
+        **_save_dict(train, {"teacher": "@teacher"}),
+    }
+
+
 def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`SEMISUP_PARADIGMS`."""
     train = train_config(name, ds, bb)
@@ -990,6 +1011,7 @@ def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
         "meanteacher_train.json": meanteacher_overlay(train, ds),
         "cps_train.json": cps_overlay(train, ds),
         "fixeddynamic_train.json": fixeddynamic_overlay(train, ds),
+        "dalepl_train.json": dalepl_overlay(train, ds),
     }
     assert set(out) == set(SEMISUP_PARADIGMS)
     return out
@@ -1007,7 +1029,8 @@ def semisup_readme(name: str, ds: dict) -> str:
 {hint}.
 The epoch is one pass over the labelled set (`--<section>#epoch_length unlabeled`, or a number of iterations);
 the unsupervised weight ramps up over the whole run (`--<section>#rampup_length N` iterations), sections
-`meanteacher`, `cps`, `fixeddynamic`; `--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
+`meanteacher`, `cps`, `fixeddynamic`, `dalepl` (which takes its partition and ω settings from `dale`);
+`--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
 pseudo-labels train on crops of 0.75 of the input side, rounded down to a multiple of 32, shifted by an eighth
 of the crop (`--fixeddynamic#crop_fraction`, `#size_multiple`, `#shift_fraction`; all three are this project's
 choice). `@network` is the model validated and

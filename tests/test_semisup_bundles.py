@@ -26,6 +26,7 @@ SEMISUP = {
     "meanteacher_train.json": ("MeanTeacherTrainer", "meanteacher", {"teacher"}),
     "cps_train.json": ("CrossPseudoSupervisionTrainer", "cps", {"model_1", "optimizer_1"}),
     "fixeddynamic_train.json": ("FixedDynamicTrainer", "fixeddynamic", {"model_1", "optimizer_1"}),
+    "dalepl_train.json": ("DALEPseudoLabelTrainer", "dalepl", {"teacher"}),
 }
 #: the fixed + dynamic crops need room: 0.75 of 64 is one multiple of 32, shifted by 4 both ways
 RUN_SIZE = {"fixeddynamic_train.json": [64, 64]}
@@ -180,7 +181,7 @@ def test_two_epochs_through_the_bundle(overlay, tmp_path, tiny_semi):
     assert (root / "eval" / "metrics.csv").is_file()
 
 
-@pytest.mark.parametrize("overlay", ["meanteacher_train.json"])
+@pytest.mark.parametrize("overlay", ["meanteacher_train.json", "dalepl_train.json"])
 def test_resume_through_the_bundle_is_bit_identical(overlay, tmp_path, tiny_semi):
     section = SEMISUP[overlay][1]
     # 3 iterations per epoch: 2 labelled batches and 2 unlabelled ones, both cycled within the epoch

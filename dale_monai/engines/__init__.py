@@ -1,5 +1,6 @@
 from .coteaching import CoTeachingTrainer
 from .cps import CrossPseudoSupervisionTrainer
+from .dale_pseudo import DALEPseudoLabelTrainer
 from .fixed_dynamic import FixedDynamicKeys, FixedDynamicTrainer
 from .mean_teacher import MeanTeacherKeys, MeanTeacherTrainer
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, optimizer_like
@@ -13,4 +14,4 @@ __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POL
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
            "MetaReweightTrainer", "MetaReweightKeys", "SemiSupervisedTrainer", "SemiSupervisedKeys", "PairedBatches",
            "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer", "FixedDynamicTrainer",
-           "FixedDynamicKeys"]
+           "FixedDynamicKeys", "DALEPseudoLabelTrainer"]

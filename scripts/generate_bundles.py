@@ -860,6 +860,8 @@ SEMISUP_PARADIGMS = {
                                "reconstructed from the paper's figures)",
     "dalepl_train.json": "DALE on pseudo-labels (an EMA teacher's pseudo-labels of the unlabelled images through "
                          "DALE's partition and ω steps, beside the supervised loss)",
+    "gapmatch_train.json": "GapMatch (confidence-filtered weak-to-strong pseudo-labels plus a SAM-style model "
+                           "perturbation; reconstructed from the abstract and public re-implementations)",
 }
 
 
@@ -1004,6 +1006,22 @@ def dalepl_overlay(train: dict, ds: dict) -> dict:
     }
 
 
+def gapmatch_overlay(train: dict, ds: dict) -> dict:
+    """GapMatch on ``@network``; no further network or teacher."""
+    return {
+        # p_cutoff 0.95, eps 0.01, alpha 1, weight 1: the USB-style re-implementation (no ramp-up there: set
+        # rampup_length 0 for it); jitter 0.25 is this project's choice
+        "gapmatch": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "p_cutoff": 0.95, "eps": 0.01, "alpha": 1.0,
+                     "jitter": 0.25},
+        **_unlabeled_pipeline(ds),
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.GapMatchTrainer", "gapmatch", networks="$[@network]", optimizers="$[@optimizer]",
+            p_cutoff="@gapmatch#p_cutoff", eps="@gapmatch#eps", alpha="@gapmatch#alpha",
+            jitter="@gapmatch#jitter"),
+        **_NO_DALE,
+    }
+
+
 def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`SEMISUP_PARADIGMS`."""
     train = train_config(name, ds, bb)
@@ -1012,6 +1030,7 @@ def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
         "cps_train.json": cps_overlay(train, ds),
         "fixeddynamic_train.json": fixeddynamic_overlay(train, ds),
         "dalepl_train.json": dalepl_overlay(train, ds),
+        "gapmatch_train.json": gapmatch_overlay(train, ds),
     }
     assert set(out) == set(SEMISUP_PARADIGMS)
     return out
@@ -1029,7 +1048,8 @@ def semisup_readme(name: str, ds: dict) -> str:
 {hint}.
 The epoch is one pass over the labelled set (`--<section>#epoch_length unlabeled`, or a number of iterations);
 the unsupervised weight ramps up over the whole run (`--<section>#rampup_length N` iterations), sections
-`meanteacher`, `cps`, `fixeddynamic`, `dalepl` (which takes its partition and ω settings from `dale`);
+`meanteacher`, `cps`, `fixeddynamic`, `dalepl` (which takes its partition and ω settings from `dale`),
+`gapmatch` (no AMP);
 `--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
 pseudo-labels train on crops of 0.75 of the input side, rounded down to a multiple of 32, shifted by an eighth
 of the crop (`--fixeddynamic#crop_fraction`, `#size_multiple`, `#shift_fraction`; all three are this project's

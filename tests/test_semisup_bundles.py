@@ -27,6 +27,7 @@ SEMISUP = {
     "cps_train.json": ("CrossPseudoSupervisionTrainer", "cps", {"model_1", "optimizer_1"}),
     "fixeddynamic_train.json": ("FixedDynamicTrainer", "fixeddynamic", {"model_1", "optimizer_1"}),
     "dalepl_train.json": ("DALEPseudoLabelTrainer", "dalepl", {"teacher"}),
+    "gapmatch_train.json": ("GapMatchTrainer", "gapmatch", set()),
 }
 #: the fixed + dynamic crops need room: 0.75 of 64 is one multiple of 32, shifted by 4 both ways
 RUN_SIZE = {"fixeddynamic_train.json": [64, 64]}
@@ -63,6 +64,7 @@ def test_overlays_parse_keep_the_model_and_checkpoint_everything(name):
         assert trainer["_target_"] == f"dale_monai.engines.{cls}"
         assert next(iter(trainer)) == "_target_" and list(trainer)[1] == "unlabeled_data_loader"
         assert trainer["networks"].startswith("$[@network")
+        assert trainer["optimizers"].startswith("$[@optimizer")
         assert parser["train#partition"] == [] and parser["train#dale_handlers"] == []
         assert parser["validate#evaluator#network"] == "@network"
         (ckpt,) = [h for h in parser["train#handlers"] if h["_target_"].endswith("LastCheckpoint")]

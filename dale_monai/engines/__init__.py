@@ -2,6 +2,7 @@ from .coteaching import CoTeachingTrainer
 from .cps import CrossPseudoSupervisionTrainer
 from .dale_pseudo import DALEPseudoLabelTrainer
 from .fixed_dynamic import FixedDynamicKeys, FixedDynamicTrainer
+from .gapmatch import GapMatchKeys, GapMatchTrainer
 from .mean_teacher import MeanTeacherKeys, MeanTeacherTrainer
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, optimizer_like
 from .mwnet import MetaReweightKeys, MetaReweightTrainer
@@ -14,4 +15,4 @@ __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POL
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
            "MetaReweightTrainer", "MetaReweightKeys", "SemiSupervisedTrainer", "SemiSupervisedKeys", "PairedBatches",
            "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer", "FixedDynamicTrainer",
-           "FixedDynamicKeys", "DALEPseudoLabelTrainer"]
+           "FixedDynamicKeys", "DALEPseudoLabelTrainer", "GapMatchTrainer", "GapMatchKeys"]

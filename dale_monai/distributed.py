@@ -132,8 +132,9 @@ def shard_sampler(dataset, shuffle: bool = True):
 
     For loaders that a bundle's ``multi_gpu_train.json`` does not know about (the unlabelled loader of the
     semi-supervised overlays): ``"sampler": {"_target_": "dale_monai.distributed.shard_sampler", "dataset":
-    "@unlabeled#dataset"}`` with ``"shuffle": "$@unlabeled#sampler is None"``. Every shard has the same length (``even_divisible``), so the
-    processes run the same number of iterations; the semi-supervised trainers set the sampler's epoch.
+    "@unlabeled#dataset"}`` with ``"shuffle": "$@unlabeled#sampler is None"``. Every shard has the same length
+    (``even_divisible``), so the processes run the same number of iterations; the semi-supervised trainers set the
+    sampler's epoch.
 
     Args:
         dataset: the dataset to shard.

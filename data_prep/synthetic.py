@@ -24,9 +24,9 @@ last, ``datalist.json`` (``training``: ``image``, ``label`` = noisy, ``label_cle
 ``test``: ``image``, ``label`` = clean; with ``--n-meta N`` also ``meta``: N further cases with clean labels, the
 small clean set that meta re-weighting (MW-Net) needs; with ``--labeled-fraction F`` only a fixed-seed share F
 of the training cases stays in ``training`` and the others are listed in ``unlabeled`` as ``{"image"}`` only,
-for semi-supervised training; their label files are written all the same, so the data do not depend on F). 2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32
-NIfTI images and uint8 NIfTI masks. Same seed and options give byte-identical files; re-running on a
-complete output with the same options does nothing.
+for semi-supervised training; their label files are written all the same, so the data do not depend on F).
+2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32 NIfTI images and uint8 NIfTI masks. Same seed
+and options give byte-identical files; re-running on a complete output with the same options does nothing.
 """
 
 from __future__ import annotations

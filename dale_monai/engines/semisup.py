@@ -302,7 +302,7 @@ class SemiSupervisedTrainer(MultiNetworkTrainer):
         return losses
 
     def after_step(self, engine: SemiSupervisedTrainer) -> None:
-        """Called after the optimizer steps of every iteration (e.g. the EMA update of a teacher). This base: nothing."""
+        """Called after the optimizer steps of every iteration (e.g. a teacher's EMA update). This base: nothing."""
 
     def train_step(self, engine: SemiSupervisedTrainer, inputs: Tensor, targets: Tensor, unlabeled: Tensor) -> None:
         """One iteration's updates: :meth:`semi_supervised_losses`, one backward of their sum, one step per network.

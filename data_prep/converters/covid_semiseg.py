@@ -237,7 +237,8 @@ def _training_labels(args: argparse.Namespace) -> str:
                                 "--train-labels out: the doctor-labelled slices are then the labelled training set)")
         return "doctor"
     if getattr(args, "unlabeled_fraction", None) is not None:
-        raise DataPrepError("--unlabeled-fraction selects volumes of the unlabelled images: it needs --unlabeled pseudo")
+        raise DataPrepError("--unlabeled-fraction selects volumes of the unlabelled images: it needs "
+                            "--unlabeled pseudo")
     return "pseudo" if chosen is None else chosen
 
 

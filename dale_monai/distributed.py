@@ -21,7 +21,7 @@ from torch import nn
 from .handlers.checkpoint import LastCheckpoint
 
 __all__ = ["local_device", "init_distributed", "distributed_network", "network_like", "handlers_for_rank",
-           "ResumeOnly", "OUTPUT_ONLY_HANDLERS"]
+           "ResumeOnly", "OUTPUT_ONLY_HANDLERS", "shard_sampler"]
 
 #: class names of handlers that only write output (logs, bars, files); dropped on ranks other than 0
 OUTPUT_ONLY_HANDLERS = (
@@ -124,6 +124,27 @@ class ResumeOnly:
         """Load at ``STARTED`` when the checkpoint resumes."""
         self.checkpoint._engine = engine
         engine.add_event_handler(Events.STARTED, self.checkpoint.load)
+
+
+def shard_sampler(dataset, shuffle: bool = True):
+    """A ``DistributedSampler`` giving each process its shard of ``dataset`` when a process group of more than one
+    process is running, else ``None`` (the DataLoader's own ``shuffle`` then applies).
+
+    For loaders that a bundle's ``multi_gpu_train.json`` does not know about (the unlabelled loader of the
+    semi-supervised overlays): ``"sampler": {"_target_": "dale_monai.distributed.shard_sampler", "dataset":
+    "@unlabeled#dataset"}`` with ``"shuffle": "$@unlabeled#sampler is None"``. Every shard has the same length
+    (``even_divisible``), so the processes run the same number of iterations; the semi-supervised trainers set the
+    sampler's epoch.
+
+    Args:
+        dataset: the dataset to shard.
+        shuffle: shuffle within the sampler (a fresh permutation at every epoch).
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, even_divisible=True, shuffle=shuffle)
 
 
 def handlers_for_rank(handlers: Sequence | None, rank: int | None = None) -> list:

@@ -56,10 +56,18 @@ __all__ = [
     "command_options",
     "IMAGE_FILES_HELP",
     "image_files_help",
+    "UNLABELED_SECTION",
+    "load_image_only",
+    "unlabeled_pair",
+    "labeled_keys",
+    "move_to_unlabeled",
+    "add_labeled_fraction_argument",
 ]
 
 MANIFEST_NAME = ".data_prep.json"
 STANDARD_SECTIONS = ("training", "validation", "test")
+#: the datalist section of images without labels (``{"image": ...}`` entries), for semi-supervised training
+UNLABELED_SECTION = "unlabeled"
 FORMATS = {"png": ".png", "nifti": ".nii.gz"}
 MAX_PRINTED_SKIPS = 20
 
@@ -111,10 +119,12 @@ class Pair:
         key: output name without extension, relative (``/`` allowed), unique within the job.
         section: datalist section (``training``, ``validation``, ``test``, or e.g. ``test_Kvasir``).
         load: reads and decodes the sources; raises :class:`~data_prep.io.DataPrepError` to skip.
-        sources: the source files, named in skip reports.
+        sources: the source files, named in skip reports; the image first.
         has_label: whether ``load`` gives a label.
         extras: the keys of ``Sample.extras`` that ``load`` gives.
         sections: further sections listing the same outputs (e.g. ``test`` beside ``test_Kvasir``).
+        info: ``(key, value)`` pairs copied into the pair's datalist entries (e.g. ``("volume", "case_001")``
+            for the unlabelled slices of a CT volume).
     """
 
     key: str
@@ -124,6 +134,7 @@ class Pair:
     has_label: bool = True
     extras: tuple[str, ...] = ()
     sections: tuple[str, ...] = ()
+    info: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -351,7 +362,7 @@ def run_conversion(job: ConversionJob, out_dir: str | os.PathLike, overwrite: bo
                 continue
             label = sample.label
             converted += 1
-        entry = {k: str(p) for k, p in paths.items()}
+        entry = {**dict(pair.info), **{k: str(p) for k, p in paths.items()}}
         for section in (pair.section, *pair.sections):
             sections.setdefault(section, []).append(entry)
             if label is not None:
@@ -433,6 +444,101 @@ def binary_pairs(found: Iterable[tuple[str, Path, Path]], prefix: str, sections:
         section = sections if isinstance(sections, str) else sections[key]
         out.append(Pair(key, section, partial(load_binary_pair, image, mask, threshold), (str(image), str(mask))))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# unlabelled images (semi-supervised training)
+
+
+def load_image_only(image: Path) -> Sample:
+    """Read a 2D image alone (no label) into a :class:`Sample`, for the ``unlabeled`` section."""
+    from .io import read_image_2d
+
+    return Sample(image_2d(read_image_2d(image), image))
+
+
+def unlabeled_pair(key: str, image: Path, info: Sequence[tuple[str, Any]] = ()) -> Pair:
+    """A :class:`Pair` writing only ``image`` (as ``images/<key>.png``) into the ``unlabeled`` section.
+
+    Args:
+        key: output name without extension.
+        image: the source image (2D, any format :func:`~data_prep.io.read_image_2d` reads).
+        info: further ``(key, value)`` pairs for the datalist entry.
+    """
+    return Pair(key, UNLABELED_SECTION, partial(load_image_only, Path(image)), (str(image),), has_label=False,
+                info=tuple(info))
+
+
+def labeled_keys(keys: Iterable[str], fraction: float, seed: int, option: str = "--labeled-fraction") -> set[str]:
+    """The ``round(fraction·n)`` of ``keys`` whose labels are kept, chosen by ``seed`` (its own random stream).
+
+    The choice depends on the set of keys and the seed only (not on their order), and each key's chance is
+    the same: a fixed-seed permutation of the sorted keys, its first ``round(fraction·n)`` entries.
+
+    Args:
+        keys: the training cases.
+        fraction: the share that keeps its labels, in (0, 1).
+        seed: the split seed.
+        option: the command-line option, named in errors.
+
+    Raises:
+        DataPrepError: ``fraction`` outside (0, 1), or a choice leaving no labelled or no unlabelled case,
+            naming ``option``.
+    """
+    ordered = sorted(set(keys))
+    if not 0 < fraction < 1:
+        raise DataPrepError(f"{option} {fraction}: must lie strictly between 0 and 1")
+    n = int(np.floor(fraction * len(ordered) + 0.5))
+    if n < 1 or n >= len(ordered):
+        raise DataPrepError(f"{option} {fraction}: keeps the labels of {n} of {len(ordered)} training case(s); "
+                            "choose a fraction that leaves at least one labelled and one unlabelled case")
+    perm = np.random.default_rng([int(seed), 11]).permutation(len(ordered))
+    return {ordered[i] for i in perm[:n]}
+
+
+def move_to_unlabeled(pairs: Sequence[Pair], fraction: float | None, seed: int,
+                      option: str = "--labeled-fraction") -> tuple[list[Pair], list[str]]:
+    """Keep ``fraction`` of the ``training`` pairs' labels and move the other training images to ``unlabeled``.
+
+    The moved pairs are written as images only (:func:`unlabeled_pair`, under the same key), so their masks are
+    neither read nor listed. Other sections are unchanged.
+
+    Args:
+        pairs: the converter's pairs; ``sources[0]`` of each is its image.
+        fraction: the labelled share of the training pairs (:func:`labeled_keys`), or ``None`` to change nothing.
+        seed: the split seed.
+        option: the command-line option, named in errors and in the note.
+
+    Returns:
+        the new pairs and a note for the summary (empty when ``fraction`` is ``None``).
+
+    Raises:
+        DataPrepError: see :func:`labeled_keys`.
+    """
+    if fraction is None:
+        return list(pairs), []
+    training = [p.key for p in pairs if p.section == "training"]
+    keep = labeled_keys(training, fraction, seed, option)
+    out = [p if p.section != "training" or p.key in keep else unlabeled_pair(p.key, Path(p.sources[0]))
+           for p in pairs]
+    note = (f"{option} {fraction}: {len(keep)} of {len(training)} training cases keep their labels (seed {seed}); "
+            f"the other {len(training) - len(keep)} are listed in '{UNLABELED_SECTION}' as images only")
+    return out, [note]
+
+
+def _labeled_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must lie strictly between 0 and 1")
+    return value
+
+
+def add_labeled_fraction_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--labeled-fraction F``: keep F of the training labels, list the other training images as unlabelled."""
+    parser.add_argument("--labeled-fraction", type=_labeled_fraction, default=None, metavar="F",
+                        help="semi-supervised split: keep the labels of a fixed-seed share F (in (0, 1)) of the "
+                             f"training cases and list the other training images, without labels, in an "
+                             f"'{UNLABELED_SECTION}' section (default: every training case keeps its label)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,14 +17,16 @@ the faint-boundary region against that region's share of the boundary band.
 Command line (through ``python -m data_prep synthetic``)::
 
     python -m data_prep synthetic --out data/synthetic [--dims 2|3] [--n-train N --n-val N --n-test N]
-        [--n-meta N] [--size S] [--seed S] [--noise-px P]
+        [--n-meta N] [--labeled-fraction F] [--size S] [--seed S] [--noise-px P]
 
 Outputs: ``images/``, ``labels/`` (clean, 0/1), ``labels_noisy/`` (training only), ``summary.json`` and,
 last, ``datalist.json`` (``training``: ``image``, ``label`` = noisy, ``label_clean``; ``validation`` and
 ``test``: ``image``, ``label`` = clean; with ``--n-meta N`` also ``meta``: N further cases with clean labels, the
-small clean set that meta re-weighting (MW-Net) needs). 2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32
-NIfTI images and uint8 NIfTI masks. Same seed and options give byte-identical files; re-running on a
-complete output with the same options does nothing.
+small clean set that meta re-weighting (MW-Net) needs; with ``--labeled-fraction F`` only a fixed-seed share F
+of the training cases stays in ``training`` and the others are listed in ``unlabeled`` as ``{"image"}`` only,
+for semi-supervised training; their label files are written all the same, so the data do not depend on F).
+2D: grayscale uint8 PNG images and uint8 PNG masks; 3D: float32 NIfTI images and uint8 NIfTI masks. Same seed
+and options give byte-identical files; re-running on a complete output with the same options does nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from .convert import UNLABELED_SECTION, labeled_keys
 from .datalist import DATALIST_NAME, SUMMARY_NAME, LabelSummary, write_datalist
 from .io import DataPrepError, save_nifti, save_png, write_json
 from .noise import DiceAccumulator
@@ -211,7 +214,7 @@ def _case_rng(seed: int, dims: int, split: int, index: int) -> np.random.Generat
 def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int | None = None,
                            n_val: int | None = None, n_test: int | None = None, size: int | None = None,
                            seed: int = 0, noise_px: float | None = None, verbose: bool = True,
-                           n_meta: int = 0) -> dict:
+                           n_meta: int = 0, labeled_fraction: float | None = None) -> dict:
     """Generate the synthetic dataset into ``out`` and return its summary.
 
     Args:
@@ -226,6 +229,9 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         verbose: print what was written and the measured noise level.
         n_meta: cases of a ``meta`` section with clean labels (default 0: no section), for meta re-weighting.
             Every case has its own random stream, so adding them changes no other case.
+        labeled_fraction: keep the labels of this fixed-seed share of the training cases (in (0, 1)) and list the
+            other training images in an ``unlabeled`` section without labels (default ``None``: all labelled).
+            Only the datalist changes: every file is generated as without it.
 
     Returns:
         The content of ``summary.json``.
@@ -251,6 +257,10 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         raise DataPrepError(f"--noise-px must be non-negative, got {noise_px}")
     config = {"generator_version": GENERATOR_VERSION, "dims": dims, "size": size, "counts": counts,
               "seed": int(seed), "noise_px": noise_px}
+    if labeled_fraction is not None:  # absent when not given, so existing datasets stay up to date
+        config["labeled_fraction"] = float(labeled_fraction)
+        # checked before anything is written
+        labeled = labeled_keys([f"train_{i:03d}" for i in range(counts["training"])], float(labeled_fraction), seed)
 
     root = Path(out).resolve()
     datalist_path, summary_path = root / DATALIST_NAME, root / SUMMARY_NAME
@@ -261,8 +271,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
             previous = {}
         if "synthetic" not in previous:
             raise DataPrepError(f"{datalist_path}: exists and is not a synthetic datalist; choose another --out")
-        files = [root / e[k] for s in SPLITS for e in previous.get(s[0], []) for k in ("image", "label", "label_clean")
-                 if k in e]
+        files = [root / e[k] for s in [*(s for s, _ in SPLITS), UNLABELED_SECTION] for e in previous.get(s, [])
+                 for k in ("image", "label", "label_clean") if k in e]
         if previous["synthetic"] == config and summary_path.is_file() and all(f.is_file() for f in files):
             if verbose:
                 print(f"synthetic: {datalist_path} is up to date; nothing to do")
@@ -317,6 +327,12 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
                 if _CASE_FILE.match(f.name) and f not in written:
                     f.unlink()
 
+    if labeled_fraction is not None:
+        training = sections["training"]
+        sections["training"] = [e for e in training if Path(e["image"]).name.split(".")[0] in labeled]
+        sections[UNLABELED_SECTION] = [{"image": e["image"]} for e in training
+                                       if Path(e["image"]).name.split(".")[0] not in labeled]
+
     noise = acc.summary()
     per_image = noise.pop("per_image")
     share_wrong = wrong_faint / wrong_total if wrong_total else 0.0
@@ -327,6 +343,7 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         "size": [size] * dims,
         "seed": int(seed),
         "counts": counts,
+        **({"sections": {k: len(v) for k, v in sections.items()}} if labeled_fraction is not None else {}),
         "lesions_per_image": dict(sorted(lesions_per_image.items())),
         "labels": {s: acc_s.as_dict() for s, acc_s in label_summaries.items()},
         "noise": {
@@ -348,6 +365,9 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
                    synthetic=config)
     if verbose:
         meta = f" / {counts['meta']} meta" if "meta" in counts else ""
+        if labeled_fraction is not None:
+            meta += (f" ({len(sections['training'])} training cases keep their labels, "
+                     f"{len(sections[UNLABELED_SECTION])} are listed as unlabelled)")
         print(f"synthetic: wrote {counts['training']} training / {counts['validation']} validation / "
               f"{counts['test']} test{meta} {dims}D images of {'x'.join([str(size)] * dims)} to {root} "
               f"in {time.perf_counter() - start:.1f} s")
@@ -360,7 +380,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
 
 def _run(args: argparse.Namespace) -> int:
     make_synthetic_dataset(args.out, dims=args.dims, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                           size=args.size, seed=args.seed, noise_px=args.noise_px, n_meta=args.n_meta)
+                           size=args.size, seed=args.seed, noise_px=args.noise_px, n_meta=args.n_meta,
+                           labeled_fraction=args.labeled_fraction)
     return 0
 
 
@@ -377,6 +398,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-test", type=int, default=None, help="test cases (default 12 / 4)")
     p.add_argument("--n-meta", type=int, default=0,
                    help="cases of a 'meta' section with clean labels, the clean set MW-Net needs (default 0: none)")
+    p.add_argument("--labeled-fraction", type=float, default=None, metavar="F",
+                   help="semi-supervised split: keep the labels of a fixed-seed share F in (0, 1) of the training "
+                        "cases and list the others in an 'unlabeled' section without labels (default: all labelled)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96 / 48)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-px", type=float, default=None,

@@ -632,6 +632,7 @@ With MONAI's standard `SupervisedTrainer` instead of DALE (for comparison), add 
     python -m monai.bundle run training {_cli(name, 'train.json', 'plain_train.json')}
 
 {paradigms_readme(name, ds)}
+{semisup_readme(name, ds)}
 ### Several GPUs (or CPU processes)
 
     torchrun --nproc_per_node=2 -m monai.bundle run training {_cli(name, 'train.json', 'multi_gpu_train.json')}
@@ -862,6 +863,213 @@ default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwn
 """
 
 
+# --------------------------------------------------------------------------------------------- semi-supervised overlays
+#: overlay file → what it trains on the labelled training set plus the ``unlabeled`` section of the datalist
+SEMISUP_PARADIGMS = {
+    "meanteacher_train.json": "Mean teacher (EMA teacher, consistency loss ramped up; SSL4MIS defaults)",
+    "cps_train.json": "Cross pseudo supervision (two networks teach each other with hard pseudo-labels)",
+    "fixeddynamic_train.json": "Fixed + dynamic pseudo-labels (two subnets, shifted crops, COM, CutMix; "
+                               "reconstructed from the paper's figures)",
+    "dalepl_train.json": "DALE on pseudo-labels (an EMA teacher's pseudo-labels of the unlabelled images through "
+                         "DALE's partition and ω steps, beside the supervised loss)",
+    "gapmatch_train.json": "GapMatch (confidence-filtered weak-to-strong pseudo-labels plus a SAM-style model "
+                           "perturbation; reconstructed from the abstract and public re-implementations)",
+}
+
+
+def unlabeled_prepare_hint(ds: dict) -> str:
+    """How the dataset's ``data_prep`` command writes the ``unlabeled`` section the semi-supervised overlays need."""
+    converter = ds["prepare"].split()[3]
+    if converter == "covid_semiseg":
+        how = (f"re-convert it with the 1,600 pseudo-labelled images, without their masks, as unlabelled images "
+               f"(the 50 doctor-labelled slices are then the labelled training and validation sets): "
+               f"{ds['prepare']} --unlabeled pseudo")
+    elif converter in ("synthetic", "ph2", "folder"):
+        how = (f"re-convert it keeping the labels of a share of the training cases and listing the others as "
+               f"unlabelled: {ds['prepare']} --labeled-fraction 0.25")
+    else:
+        how = ("the dataset's converter writes none: add an 'unlabeled' list of entries with an 'image' key to "
+               "{out}/datalist.json, or convert an images/ + masks/ copy with python -m data_prep folder --src DIR "
+               "--out {out} --labeled-fraction 0.25")
+    return "The semi-supervised overlays need an 'unlabeled' section of images without labels; " + how
+
+
+def _unlabeled_pipeline(ds: dict) -> dict:
+    """Datalist, transforms, dataset and loader of the unlabelled images: the training pipeline on the image only."""
+    keys = ["image"]
+    return {
+        "unlabeled_batch_size": "@batch_size",
+        "unlabeled_prepare_hint": unlabeled_prepare_hint(ds),
+        "unlabeled_datalist": "$dale_monai.bundle.load_datalist(@dataset_dir, 'unlabeled', @prepare_command, "
+                              "missing_hint=@unlabeled_prepare_hint)",
+        "unlabeled": {
+            "deterministic_transforms": _image_transforms(ds, False, False),
+            "random_transforms": [
+                {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
+                {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 1},
+                {"_target_": "RandRotate90d", "keys": keys, "prob": 0.5, "spatial_axes": [0, 1]},
+            ],
+            "preprocessing": {"_target_": "Compose",
+                              "transforms": "$@unlabeled#deterministic_transforms + @unlabeled#random_transforms"},
+            "dataset": {"_target_": "CacheDataset", "data": "@unlabeled_datalist",
+                        "transform": "@unlabeled#preprocessing", "cache_rate": 1.0, "num_workers": "@num_workers",
+                        "progress": False},
+            # a shard per process under torchrun (multi_gpu_train.json), None (shuffle) otherwise
+            "sampler": {"_target_": "dale_monai.distributed.shard_sampler", "dataset": "@unlabeled#dataset"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@unlabeled#dataset",
+                           "batch_size": "@unlabeled_batch_size", "sampler": "@unlabeled#sampler",
+                           "shuffle": "$@unlabeled#sampler is None", "num_workers": "@num_workers"},
+        },
+    }
+
+
+def _semisup_trainer(target: str, section: str, **specific) -> dict:
+    """``train#trainer`` of a semi-supervised paradigm; the unlabelled loader first, so that a missing
+    ``unlabeled`` section stops the run before the training set is cached (MONAI resolves in order)."""
+    return {"_target_": target, "unlabeled_data_loader": "@unlabeled#dataloader",
+            **_paradigm_trainer(target, **specific, epoch_length=f"@{section}#epoch_length",
+                                unsup_weight=f"@{section}#unsup_weight", rampup_length=f"@{section}#rampup_length")}
+
+
+#: settings every semi-supervised section has; ``unsup_weight`` is set per paradigm
+_SEMISUP_COMMON = {"epoch_length": None, "rampup_length": None}
+
+
+def _extra_network(index: int) -> dict:
+    """``network_<i>`` and ``optimizer_<i>``: a copy of ``network_def`` following ``@network`` (device, DDP)."""
+    return {
+        f"network_def_{index}": "%network_def",
+        f"network_{index}": {"_target_": "dale_monai.distributed.network_like", "network": f"@network_def_{index}",
+                             "reference": "@network", "device": "@device"},
+        f"optimizer_{index}": {"_target_": "dale_monai.engines.optimizer_like", "optimizer": "@optimizer",
+                               "network": f"@network_{index}"},
+    }
+
+
+def meanteacher_overlay(train: dict, ds: dict) -> dict:
+    """Mean teacher: the student is ``@network``; the teacher an EMA copy, saved in the last checkpoint."""
+    return {
+        # SSL4MIS code/train_mean_teacher_2D.py: ema_decay 0.99, consistency 0.1 ramped over the run, noise 0.1/0.2
+        "meanteacher": {**_SEMISUP_COMMON, "unsup_weight": 0.1, "ema_decay": 0.99, "noise_std": 0.1,
+                        "noise_clip": 0.2},
+        **_unlabeled_pipeline(ds),
+        "teacher": {"_target_": "dale_monai.semisup.ema_teacher", "network": "@network"},
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.MeanTeacherTrainer", "meanteacher", networks="$[@network]",
+            optimizers="$[@optimizer]", teacher="@teacher", ema_decay="@meanteacher#ema_decay",
+            noise_std="@meanteacher#noise_std", noise_clip="@meanteacher#noise_clip"),
+        **_NO_DALE,
+        **_save_dict(train, {"teacher": "@teacher"}),
+    }
+
+
+def cps_overlay(train: dict, ds: dict) -> dict:
+    """Cross pseudo supervision: ``@network`` and a second copy of ``network_def``."""
+    return {
+        # SSL4MIS code/train_cross_pseudo_supervision_2D.py: weight 0.1 ramped over the run
+        "cps": {**_SEMISUP_COMMON, "unsup_weight": 0.1},
+        **_unlabeled_pipeline(ds),
+        **_extra_network(1),
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.CrossPseudoSupervisionTrainer", "cps", networks="$[@network, @network_1]",
+            optimizers="$[@optimizer, @optimizer_1]"),
+        **_NO_DALE,
+        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)",
+                             "optimizer_1": "@optimizer_1"}),
+    }
+
+
+def fixeddynamic_overlay(train: dict, ds: dict) -> dict:
+    """Fixed + dynamic pseudo-labels: subnet A is ``@network``, subnet B a second copy of ``network_def``."""
+    return {
+        # every default is this project's choice: the paper's values were not available
+        "fixeddynamic": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "alpha": 1.0, "fixed_weight": 1.0,
+                         "dynamic_weight": 1.0, "crop_fraction": 0.75, "size_multiple": 32, "shift_fraction": 0.125},
+        **_unlabeled_pipeline(ds),
+        **_extra_network(1),
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.FixedDynamicTrainer", "fixeddynamic", networks="$[@network, @network_1]",
+            optimizers="$[@optimizer, @optimizer_1]", alpha="@fixeddynamic#alpha",
+            fixed_weight="@fixeddynamic#fixed_weight", dynamic_weight="@fixeddynamic#dynamic_weight",
+            crop_fraction="@fixeddynamic#crop_fraction", size_multiple="@fixeddynamic#size_multiple",
+            shift_fraction="@fixeddynamic#shift_fraction"),
+        **_NO_DALE,
+        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)",
+                             "optimizer_1": "@optimizer_1"}),
+    }
+
+
+def dalepl_overlay(train: dict, ds: dict) -> dict:
+    """DALE on pseudo-labels: the student is ``@network``, the teacher an EMA copy; partition and ω from ``dale``."""
+    trainer = train["train"]["trainer"]
+    return {
+        # the teacher as the mean teacher's (SSL4MIS); unsup_weight 1 is this project's choice
+        "dalepl": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "ema_decay": 0.99},
+        **_unlabeled_pipeline(ds),
+        "teacher": {"_target_": "dale_monai.semisup.ema_teacher", "network": "@network"},
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.DALEPseudoLabelTrainer", "dalepl", networks="$[@network]",
+            optimizers="$[@optimizer]", teacher="@teacher", ema_decay="@dalepl#ema_decay",
+            omega_step=trainer["omega_step"], patch_size="@dale#patch_size", tau="@dale#tau", bins="@dale#bins",
+            edge="@dale#edge", entropy="@dale#entropy", mask_inputs="@dale#mask_inputs"),
+        # the labelled batch needs no partition (the pseudo-labels are partitioned in the loop); no Wasserstein term
+        **_NO_DALE,
+        **_save_dict(train, {"teacher": "@teacher"}),
+    }
+
+
+def gapmatch_overlay(train: dict, ds: dict) -> dict:
+    """GapMatch on ``@network``; no further network or teacher."""
+    return {
+        # p_cutoff 0.95, eps 0.01, alpha 1, weight 1: the USB-style re-implementation (no ramp-up there: set
+        # rampup_length 0 for it); jitter 0.25 is this project's choice
+        "gapmatch": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "p_cutoff": 0.95, "eps": 0.01, "alpha": 1.0,
+                     "jitter": 0.25},
+        **_unlabeled_pipeline(ds),
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.GapMatchTrainer", "gapmatch", networks="$[@network]", optimizers="$[@optimizer]",
+            p_cutoff="@gapmatch#p_cutoff", eps="@gapmatch#eps", alpha="@gapmatch#alpha",
+            jitter="@gapmatch#jitter"),
+        **_NO_DALE,
+    }
+
+
+def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
+    """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`SEMISUP_PARADIGMS`."""
+    train = train_config(name, ds, bb)
+    out = {
+        "meanteacher_train.json": meanteacher_overlay(train, ds),
+        "cps_train.json": cps_overlay(train, ds),
+        "fixeddynamic_train.json": fixeddynamic_overlay(train, ds),
+        "dalepl_train.json": dalepl_overlay(train, ds),
+        "gapmatch_train.json": gapmatch_overlay(train, ds),
+    }
+    assert set(out) == set(SEMISUP_PARADIGMS)
+    return out
+
+
+def semisup_readme(name: str, ds: dict) -> str:
+    """The bundle README's paragraph on the semi-supervised paradigms."""
+    hint = unlabeled_prepare_hint(ds).replace("{out}", ds["dataset_dir"])
+    lines = "\n".join(f"- {what}:\n\n      python -m monai.bundle run training {_cli(name, 'train.json', f)}\n"
+                      for f, what in SEMISUP_PARADIGMS.items())
+    return f"""Semi-supervised paradigms train on the labelled `training` section and the datalist's `unlabeled` section
+(images without labels), one batch of each per iteration:
+
+{lines}
+{hint}.
+The epoch is one pass over the labelled set (`--<section>#epoch_length unlabeled`, or a number of iterations);
+the unsupervised weight ramps up over the whole run (`--<section>#rampup_length N` iterations), sections
+`meanteacher`, `cps`, `fixeddynamic`, `dalepl` (which takes its partition and ω settings from `dale`),
+`gapmatch` (no AMP);
+`--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
+pseudo-labels train on crops of 0.75 of the input side, rounded down to a multiple of 32, shifted by an eighth
+of the crop (`--fixeddynamic#crop_fraction`, `#size_multiple`, `#shift_fraction`; all three are this project's
+choice). `@network` is the model validated and
+saved; the checkpoint also holds the teacher or the second network. See the repository's `docs/paradigms.md`.
+"""
+
+
 def render(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -> dict[str, str]:
     """Relative path → file content of one bundle."""
 
@@ -872,6 +1080,7 @@ def render(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict) -
         "configs/train.json": js(train_config(name, ds, bb)),
         "configs/plain_train.json": js(plain_overlay()),
         **{f"configs/{f}": js(overlay) for f, overlay in paradigm_overlays(name, ds, bb).items()},
+        **{f"configs/{f}": js(overlay) for f, overlay in semisup_overlays(name, ds, bb).items()},
         "configs/multi_gpu_train.json": js(multi_gpu_overlay(bb)),
         "configs/inference.json": js(inference_config(name, ds, bb)),
         "configs/evaluate.json": js(evaluate_overlay(ds)),

@@ -360,7 +360,9 @@ def _merged_train(bundle: Path, overlay: str) -> None:
 
 def test_every_paradigm_overlay_is_covered():
     assert PARADIGM_OVERLAYS == sorted(["coteaching_train.json", "trinet_train.json", "mwnet_train.json",
-                                        "gce_train.json", "sce_train.json"])
+                                        "gce_train.json", "sce_train.json", "meanteacher_train.json",
+                                        "cps_train.json", "fixeddynamic_train.json", "dalepl_train.json",
+                                        "gapmatch_train.json"])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -23,7 +23,8 @@ _RNG_KEY = "rng"
 def find_random_states(objects: Sequence[Any]) -> list[np.random.RandomState]:
     """The numpy ``RandomState`` of every random transform reachable from ``objects``, each once, in a fixed order.
 
-    From each object the walk follows a DataLoader's ``dataset``, a dataset's ``transform``, a Compose's
+    From each object the walk follows a DataLoader's ``dataset``, a dataset's ``transform``, the
+    ``data_loaders`` of an object that draws from several (:class:`~dale_monai.engines.PairedBatches`), a Compose's
     ``transforms`` and the attributes of a transform that are transforms themselves (e.g. the inner ``Flip`` of
     ``RandFlipd``), and collects every ``R`` attribute that is a ``RandomState`` (MONAI ``Randomizable``). A
     ``RandomState`` given directly is taken as is. Shared states (MONAI's class-level default ``R``) appear once.
@@ -39,6 +40,9 @@ def find_random_states(objects: Sequence[Any]) -> list[np.random.RandomState]:
             child = getattr(obj, name, None)
             if child is not None:
                 yield child
+        loaders = getattr(obj, "data_loaders", None)  # several loaders behind one (the semi-supervised trainers)
+        if isinstance(loaders, (list, tuple)):
+            yield from loaders
         transforms = getattr(obj, "transforms", None)
         if isinstance(transforms, (list, tuple)):
             yield from transforms

@@ -25,6 +25,15 @@ keeps them as 0..255 PNG. Every entry carries ``label_soft`` (radiologists' mask
 all sections share the same keys. ``--task multiclass``: 0 background, 1 ground-glass opacity,
 2 consolidation; training/validation split of the 50 training slices, test = the test set.
 
+``--unlabeled pseudo`` (semi-supervised training): the 1,600 pseudo-labelled images, without their masks, form
+an ``unlabeled`` section (``{"image", "volume"}`` entries), and training/validation are a ``--val-fraction``
+split of the 50 doctor-labelled slices (``--train-labels doctor``, implied): the defaults give COVID-SemiSeg's
+semi-supervised protocol, 40 labelled training slices, 10 validation slices, 1,600 unlabelled images, the
+radiologists' test set. The pseudo-labelled images come from 20 CT volumes, named in their file names
+(``Data-1_coronacases_org_001_17.jpg``: volume ``Data-1_coronacases_org_001``, slice 17); each entry carries
+its volume, and ``--unlabeled-fraction F`` keeps a fixed-seed share F of the volumes, whole (neighbouring
+slices of one volume are near copies: a subset by slice would keep some of every volume).
+
 ``--meta-count N`` (or ``--meta-fraction F``) moves N fixed-seed radiologist-labelled training slices (the
 doctor-labelled ones; for ``--task multiclass`` the multi-class training slices) into a ``meta`` section,
 left out of training and validation: the small clean set of meta re-weighting (MW-Net, learning to
@@ -34,6 +43,7 @@ re-weight: ``configs/mwnet_train.json`` of the bundles).
 from __future__ import annotations
 
 import argparse
+import re
 from functools import partial
 from pathlib import Path
 
@@ -45,19 +55,23 @@ from ..convert import (
     Pair,
     Sample,
     Skip,
+    UNLABELED_SECTION,
     add_common_arguments,
     assign_sections,
     image_2d,
     limit_items,
     list_files,
     match_pairs,
+    natural_sorted,
     require_dir,
     run_job,
+    unlabeled_pair,
 )
 from ..io import DataPrepError, read_image_2d, read_mask_2d
 from ..masks import binary_mask, class_mask, soft_mask
 
-__all__ = ["add_parser", "convert", "find_dataset_root", "present_parts", "PARTS", "meta_keys"]
+__all__ = ["add_parser", "convert", "find_dataset_root", "present_parts", "PARTS", "meta_keys", "volume_of",
+           "unlabeled_volumes"]
 
 DOCTOR = "TrainingSet/LungInfection-Train/Doctor-label"
 PSEUDO = "TrainingSet/LungInfection-Train/Pseudo-label"
@@ -65,6 +79,7 @@ TEST = "TestingSet/LungInfection-Test"
 MC_TRAIN = "TrainingSet/MultiClassInfection-Train"
 MC_TEST = "TestingSet/MultiClassInfection-Test"
 MULTICLASS_NAMES = {"0": "background", "1": "ground-glass opacity", "2": "consolidation"}
+_SLICE = re.compile(r"^(?P<volume>.+)_(?P<slice>\d+)$")
 
 
 def find_dataset_root(src: Path) -> Path:
@@ -108,13 +123,15 @@ PARTS: dict[tuple[str, str], list[tuple[str, tuple[str, ...]]]] = {
 }
 
 
-def present_parts(root: Path, task: str, train_labels: str) -> tuple[list[str], tuple[str, ...], list[str]]:
+def present_parts(root: Path, task: str, train_labels: str, unlabeled: bool = False
+                  ) -> tuple[list[str], tuple[str, ...], list[str]]:
     """Which parts of the layout are there, the sections they fill, and a note for each absent part.
 
     Args:
         root: the ``Dataset`` folder (:func:`find_dataset_root`).
         task: ``binary`` or ``multiclass``.
         train_labels: ``pseudo``, ``doctor`` or ``both`` (ignored for ``multiclass``).
+        unlabeled: the pseudo-labelled images fill an ``unlabeled`` section (``--unlabeled pseudo``).
 
     Returns:
         the present parts (relative folders), the sections they fill (in the standard order), and the notes.
@@ -123,11 +140,13 @@ def present_parts(root: Path, task: str, train_labels: str) -> tuple[list[str], 
         DataPrepError: when no part of the task is there, naming the folders looked for.
     """
     parts = PARTS[(task, train_labels if task == "binary" else "-")]
+    if unlabeled:
+        parts = [*parts, (PSEUDO, (UNLABELED_SECTION,))]
     found = [rel for rel, _ in parts if (root / rel).is_dir()]
     if not found:
         raise DataPrepError(f"{root}: none of the folders of --task {task} found: "
                             + ", ".join(rel for rel, _ in parts))
-    sections = tuple(s for s in ("training", "validation", "test")
+    sections = tuple(s for s in ("training", "validation", "test", UNLABELED_SECTION)
                      if any(s in filled for rel, filled in parts if rel in found))
     notes = []
     for rel, filled in parts:
@@ -165,13 +184,73 @@ def meta_keys(keys: list[str], count: int | None, fraction: float | None, seed: 
     return {ordered[i] for i in np.random.default_rng([int(seed), 7]).permutation(len(ordered))[:n]}
 
 
+def volume_of(stem: str) -> str:
+    """The CT volume of a pseudo-labelled slice: its file stem without the trailing ``_<slice number>``.
+
+    ``Data-1_coronacases_org_001_17`` → ``Data-1_coronacases_org_001``; a stem without a slice number is its
+    own volume.
+    """
+    match = _SLICE.match(stem)
+    return match["volume"] if match else stem
+
+
+def unlabeled_volumes(stems: list[str], fraction: float, seed: int) -> set[str]:
+    """The volumes kept by ``--unlabeled-fraction``: ``round(fraction·V)`` (at least 1) of the V volumes of
+    ``stems``, chosen whole by ``seed`` (its own random stream).
+
+    Raises:
+        DataPrepError: ``fraction`` outside (0, 1], naming the option.
+    """
+    if not 0 < fraction <= 1:
+        raise DataPrepError(f"--unlabeled-fraction {fraction}: must lie in (0, 1]")
+    volumes = sorted({volume_of(s) for s in stems})
+    n = max(1, int(np.floor(fraction * len(volumes) + 0.5)))
+    perm = np.random.default_rng([int(seed), 17]).permutation(len(volumes))
+    return {volumes[i] for i in perm[:n]}
+
+
+def _unlabeled_pairs(root: Path, args: argparse.Namespace) -> tuple[list[Pair], list[Skip], list[str]]:
+    """The pseudo-labelled images as image-only pairs of the ``unlabeled`` section (their masks are not read)."""
+    images, skips = list_files(require_dir(root / PSEUDO / "Imgs", f"{PSEUDO} images"))
+    stems = limit_items(natural_sorted(images), args.limit)
+    fraction = getattr(args, "unlabeled_fraction", None)
+    keep = unlabeled_volumes(stems, fraction, args.seed) if fraction is not None else {volume_of(s) for s in stems}
+    pairs = [unlabeled_pair(f"pseudo/{s}", images[s], info=(("volume", volume_of(s)),))
+             for s in stems if volume_of(s) in keep]
+    n_volumes = len({volume_of(s) for s in stems})
+    note = (f"--unlabeled pseudo: {len(pairs)} pseudo-labelled images of {len(keep)} of {n_volumes} CT volume(s) "
+            f"in '{UNLABELED_SECTION}', without their masks")
+    if fraction is not None:
+        note += f" (--unlabeled-fraction {fraction}, seed {args.seed}: whole volumes)"
+    return pairs, skips, [note]
+
+
+def _training_labels(args: argparse.Namespace) -> str:
+    """``--train-labels``, resolved against ``--unlabeled``: the pseudo-labelled images are either training
+    labels or unlabelled images, never both."""
+    unlabeled = getattr(args, "unlabeled", "none")
+    chosen = getattr(args, "train_labels", None)
+    if unlabeled == "pseudo":
+        if chosen not in (None, "doctor"):
+            raise DataPrepError(f"--unlabeled pseudo lists the pseudo-labelled images without their masks; it cannot "
+                                f"be combined with --train-labels {chosen}, which trains on those masks (leave "
+                                "--train-labels out: the doctor-labelled slices are then the labelled training set)")
+        return "doctor"
+    if getattr(args, "unlabeled_fraction", None) is not None:
+        raise DataPrepError("--unlabeled-fraction selects volumes of the unlabelled images: it needs "
+                            "--unlabeled pseudo")
+    return "pseudo" if chosen is None else chosen
+
+
 def convert(args: argparse.Namespace) -> int:
     """Find the pairs of the requested task in the parts present and convert them."""
     root = find_dataset_root(args.src)
     threshold = args.threshold
     if not 1 <= threshold <= 255:
         raise DataPrepError(f"--threshold {threshold}: must be within 1..255")
-    present, sections_found, absent_notes = present_parts(root, args.task, args.train_labels)
+    args.train_labels = _training_labels(args)
+    unlabeled = getattr(args, "unlabeled", "none") == "pseudo"
+    present, sections_found, absent_notes = present_parts(root, args.task, args.train_labels, unlabeled)
     meta_count, meta_fraction = getattr(args, "meta_count", None), getattr(args, "meta_fraction", None)
     pairs: list[Pair] = []
     skipped: list[Skip] = []
@@ -214,14 +293,20 @@ def convert(args: argparse.Namespace) -> int:
         add(MC_TEST, "multiclass_test", "test", _load_classes)
         labels = MULTICLASS_NAMES
     notes = list(absent_notes)
+    if unlabeled and PSEUDO in present:
+        found, skips, unlabeled_notes = _unlabeled_pairs(root, args)
+        pairs.extend(found)
+        skipped.extend(skips)
+        notes.extend(unlabeled_notes)
     if args.task == "binary" and args.train_labels != "doctor" and PSEUDO in present:
         notes.append(f"pseudo-labels binarised at {threshold} ('label'); soft masks kept as 'label_soft'")
+    unlabeled_text = "; unlabelled: the pseudo-labelled images" if unlabeled else ""
     job = ConversionJob(
         dataset="covid_semiseg", src=args.src, pairs=pairs, skipped=skipped,
         settings={"task": args.task, "threshold": threshold},
         labels=labels, notes=notes, sections=sections_found,
         description=f"COVID-SemiSeg lung infection ({args.task}; training labels: "
-                    f"{args.train_labels if args.task == 'binary' else 'radiologists'})",
+                    f"{args.train_labels if args.task == 'binary' else 'radiologists'}{unlabeled_text})",
     )
     return run_job(job, args)
 
@@ -242,8 +327,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=int, default=128,
                    help="binarise the soft pseudo-labels at this value of 0..255 (default 128)")
     p.add_argument("--task", choices=("binary", "multiclass"), default="binary")
-    p.add_argument("--train-labels", choices=("pseudo", "doctor", "both"), default="pseudo",
-                   help="training labels for --task binary (default pseudo)")
+    p.add_argument("--train-labels", choices=("pseudo", "doctor", "both"), default=None,
+                   help="training labels for --task binary (default pseudo; doctor with --unlabeled pseudo)")
+    p.add_argument("--unlabeled", choices=("none", "pseudo"), default="none",
+                   help="pseudo: list the 1,600 pseudo-labelled images without their masks in an 'unlabeled' "
+                        "section, for semi-supervised training; the doctor-labelled slices are then the labelled "
+                        "training and validation sets (default none)")
+    p.add_argument("--unlabeled-fraction", type=float, default=None, metavar="F",
+                   help="with --unlabeled pseudo: keep a fixed-seed share F in (0, 1] of the CT volumes of the "
+                        "unlabelled images, whole volumes (default: all)")
     meta = p.add_mutually_exclusive_group()
     meta.add_argument("--meta-count", type=int, default=None,
                       help="radiologist-labelled training slices moved to a 'meta' section (the clean set of "

@@ -4,7 +4,9 @@ Images and masks may be PNG, JPEG, BMP or TIFF. A mask's stem may carry a suffix
 ``--mask-suffix S`` exactly ``<stem>S`` is expected; by default the stem itself, else one of
 ``_mask``, ``_segmentation``, ``_Segmentation``, ``_seg``, ``_label``, ``_gt``. Binary masks by default
 (0/1, 0/255 or 0/65535, 8- or 16-bit; JPEG masks thresholded; ``--threshold`` for others, see
-:mod:`data_prep.masks`); ``--classes C`` for class-index masks 0..C-1 (palette or grey). Fixed-seed ``--split``.
+:mod:`data_prep.masks`); ``--classes C`` for class-index masks 0..C-1 (palette or grey). Fixed-seed ``--split``;
+``--labeled-fraction F`` (semi-supervised training) keeps the labels of a fixed-seed share F of the training
+cases and lists the other training images, without masks, in an ``unlabeled`` section.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from ..convert import (
     Sample,
     Skip,
     add_common_arguments,
+    add_labeled_fraction_argument,
     assign_sections,
     binary_pairs,
     image_2d,
     limit_items,
     list_files,
     match_pairs,
+    move_to_unlabeled,
     require_dir,
     run_job,
 )
@@ -81,10 +85,11 @@ def convert(args: argparse.Namespace) -> int:
     else:
         pairs = [Pair(s, sections[s], partial(_load_classes, image, mask, args.classes), (str(image), str(mask)))
                  for s, image, mask in found]
+    pairs, notes = move_to_unlabeled(pairs, args.labeled_fraction, args.seed)
     labels = {str(i): ("background" if i == 0 else f"class {i}") for i in range(args.classes)}
     job = ConversionJob("folder", args.src, pairs, skips, settings={"threshold": args.threshold,
                                                                       "classes": args.classes},
-                        labels=labels, description=f"images/masks folder pair from {args.src}")
+                        labels=labels, description=f"images/masks folder pair from {args.src}", notes=notes)
     return run_job(job, args)
 
 
@@ -98,4 +103,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--masks-dir", default="masks", help="mask sub-folder of --src (default masks)")
     p.add_argument("--mask-suffix", default=None, help="suffix of mask stems, e.g. _mask (default: detected)")
     p.add_argument("--classes", type=int, default=2, help="number of classes incl. background (default 2)")
+    add_labeled_fraction_argument(p)
     p.set_defaults(func=convert)

@@ -7,7 +7,9 @@ PH2 as distributed (``--src`` holds ``PH2 Dataset images/`` or is it)::
 
 or the resized copy ``images/IMD002.png`` + ``masks/IMD002.png`` (any 2D format, below); the layout is
 detected. PH2 has no
-split: a fixed-seed ``--split``.
+split: a fixed-seed ``--split``. ``--labeled-fraction F`` (semi-supervised training) keeps the labels of a
+fixed-seed share F of the training cases and lists the other training images, without masks, in an
+``unlabeled`` section.
 
 ISIC-2016 Task 1 as distributed (``--src`` holds the four folders)::
 
@@ -31,12 +33,14 @@ from ..convert import (
     Pair,
     Skip,
     add_common_arguments,
+    add_labeled_fraction_argument,
     assign_sections,
     binary_pairs,
     image_files_help,
     limit_items,
     list_files,
     match_pairs,
+    move_to_unlabeled,
     natural_sorted,
     require_dir,
     run_job,
@@ -116,10 +120,12 @@ def convert_ph2(args: argparse.Namespace) -> int:
     found, skips, layout = find_ph2(args.src)
     found = limit_items(found, args.limit)
     sections = assign_sections([s for s, _, _ in found], args.split, args.seed)
-    job = ConversionJob("ph2", args.src, binary_pairs(found, "", sections, args.threshold), skips,
+    pairs, notes = move_to_unlabeled(binary_pairs(found, "", sections, args.threshold), args.labeled_fraction,
+                                     args.seed)
+    job = ConversionJob("ph2", args.src, pairs, skips,
                         settings={"threshold": args.threshold, "layout": layout}, labels=BINARY_NAMES,
                         description=f"PH2 dermoscopy ({layout} layout), fixed-seed split",
-                        notes=[f"PH2 layout: {layout}"])
+                        notes=[f"PH2 layout: {layout}", *notes])
     return run_job(job, args)
 
 
@@ -151,6 +157,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ph2", help="PH2 dermoscopy (as distributed, or the resized copy)",
                               description=__doc__, epilog=PH2_FILES_HELP, formatter_class=fmt)
     add_common_arguments(p, split=True)
+    add_labeled_fraction_argument(p)
     p.set_defaults(func=convert_ph2)
     p = subparsers.add_parser("isic2016", help="ISIC-2016 Task 1 lesion segmentation", description=__doc__,
                               epilog=IMAGE_FILES_HELP, formatter_class=fmt)

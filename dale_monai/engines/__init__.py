@@ -1,3 +1,4 @@
+from .clcs import CLCSKeys, CLCSTrainer
 from .coteaching import CoTeachingTrainer
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, optimizer_like
 from .mwnet import MetaReweightKeys, MetaReweightTrainer
@@ -7,4 +8,4 @@ from .utils import DALEEvents, DALEKeys
 
 __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError",
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
-           "MetaReweightTrainer", "MetaReweightKeys"]
+           "MetaReweightTrainer", "MetaReweightKeys", "CLCSTrainer", "CLCSKeys"]

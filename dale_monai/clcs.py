@@ -208,7 +208,10 @@ def status_counts(probs: Tensor, labels: Tensor, tau: float = DEFAULT_TAU) -> Te
         predicted c with confidence ≥ τ; pixels predicted c with confidence ≥ τ (whatever their label).
     """
     k = probs.shape[1]
-    conf, pred = probs.detach().max(1)
+    # plain tensors: counts of MONAI MetaTensors would carry their metadata into the curriculum and its checkpoint
+    probs = probs.detach().as_subclass(torch.Tensor)
+    labels = labels.as_subclass(torch.Tensor)
+    conf, pred = probs.max(1)
     confident = conf >= tau
     lab = labels.reshape(-1)
     rows = (torch.bincount(lab, minlength=k),
@@ -453,7 +456,7 @@ class ClassCurriculum:
     def accumulate(self, counts: Tensor) -> None:
         """Add one batch's :func:`status_counts` ``(3, K)``."""
         self.ensure_classes(int(counts.shape[1]))
-        self.counts += counts.detach().to("cpu", torch.float64)
+        self.counts = self.counts + counts.detach().as_subclass(torch.Tensor).to("cpu", torch.float64)
 
     def step(self) -> bool:
         """Turn the accumulated counts into β and the thresholds, and clear them.
@@ -479,7 +482,7 @@ class ClassCurriculum:
             ValueError: a state of another number of classes than ``num_classes``, or a malformed state.
         """
         try:
-            counts, status, thresholds = (torch.as_tensor(state[k], dtype=torch.float64)
+            counts, status, thresholds = (torch.as_tensor(state[k], dtype=torch.float64).as_subclass(torch.Tensor)
                                           for k in ("counts", "status", "thresholds"))
         except KeyError as e:
             raise ValueError(f"ClassCurriculum: the saved state has no {e.args[0]!r} (has {sorted(state)})") from None

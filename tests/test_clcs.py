@@ -105,6 +105,20 @@ def test_status_counts_hand_computed():
     assert counts.tolist() == [[2, 2], [1, 1], [1, 2]]
 
 
+def test_curriculum_state_holds_plain_tensors_for_metatensor_votes():
+    """Bundles feed MONAI MetaTensors: the counts and the state must stay plain tensors (weights_only checkpoints)."""
+    from monai.data import MetaTensor
+
+    p1 = MetaTensor(torch.tensor([0.95, 0.6, 0.05, 0.92]).reshape(1, 1, 2, 2), meta={"filename_or_obj": "a.png"})
+    probs = torch.cat((1 - p1, p1), 1)
+    labels = MetaTensor(torch.tensor([1, 1, 0, 0]).reshape(1, 2, 2))
+    cur = ClassCurriculum()
+    cur.accumulate(status_counts(probs, labels, 0.9))
+    cur.step()
+    cur.accumulate(status_counts(probs, labels, 0.9))
+    assert all(type(v) is torch.Tensor for v in cur.state_dict().values())
+
+
 def test_learning_status_keeps_unseen_classes_and_handles_nothing_learned():
     previous = torch.tensor([0.2, 0.6, 0.4], dtype=torch.float64)
     beta = learning_status(_counts([50, 0, 10], [45, 0, 5], [45, 0, 5]), "recall", previous=previous)

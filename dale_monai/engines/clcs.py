@@ -43,6 +43,7 @@ class CLCSKeys:
     SELECTED = "clcs_selected"  # share of the batch's pixels selected as clean (both branches train on the same)
     DISCREPANCY = "clcs_discrepancy"  # the discrepancy loss (mean |cos| of the branches' features), unweighted
     WARMUP = "clcs_warmup"  # 1.0 in a warm-up epoch (no selection), else 0.0
+    MASK = "clcs_mask"  # the selection (B, 1, *spatial), 1.0 = clean
 
     @staticmethod
     def threshold(c: int) -> str:
@@ -103,8 +104,9 @@ class CLCSTrainer(MultiNetworkTrainer):
     **Logged.** Every epoch (``EPOCH_STARTED``), the thresholds and learning status used in it go to
     ``engine.state.metrics`` as ``clcs_threshold_<c>`` and ``clcs_status_<c>`` (:class:`CLCSKeys`), so MONAI's
     ``StatsHandler`` prints them and ``TensorBoardStatsHandler`` writes them at the epoch's end. Each iteration,
-    ``engine.state.output`` adds ``clcs_selected``, ``clcs_selected_<c>``, ``clcs_discrepancy``, ``clcs_warmup``,
-    ``clcs_threshold_<c>`` and ``selected_i`` to :class:`MultiNetworkTrainer`'s keys.
+    ``engine.state.output`` adds ``clcs_mask`` (the selection, 1 = clean), ``clcs_selected``, ``clcs_selected_<c>``,
+    ``clcs_discrepancy``, ``clcs_warmup``, ``clcs_threshold_<c>`` and ``selected_i`` to :class:`MultiNetworkTrainer`'s
+    keys.
 
     **Checkpoints.** :meth:`checkpoint_objects` adds ``clcs_curriculum`` (the counts of the epoch in progress, β and
     the thresholds) to the networks and optimizers; a ``LastCheckpoint`` missing it is refused. Under DDP the
@@ -329,6 +331,7 @@ class CLCSTrainer(MultiNetworkTrainer):
             losses.append(loss)
 
         share = float(mask.float().mean())
+        out[CLCSKeys.MASK] = weight
         out[CLCSKeys.SELECTED] = share
         out[CLCSKeys.DISCREPANCY] = float(d.detach())
         out[CLCSKeys.WARMUP] = float(warm)

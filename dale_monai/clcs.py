@@ -145,8 +145,8 @@ def class_indices(target: Tensor, num_classes: int) -> Tensor:
     t = target[:, 0]
     if t.is_floating_point():
         if bool((t != torch.round(t)).any()):
-            raise ValueError("class_indices: CLCS selects pixels by their class label, but the target holds non-integer "
-                             "(soft) values; give hard labels (class indices)")
+            raise ValueError("class_indices: CLCS selects pixels by their class label, but the target holds "
+                             "non-integer (soft) values; give hard labels (class indices)")
     idx = t.long()
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
         raise ValueError(f"class_indices: labels must lie in [0, {num_classes - 1}] for {num_classes} classes, got "

@@ -151,7 +151,8 @@ def test_thresholds_are_logged_every_epoch_and_follow_the_previous_epochs_counts
     StatsHandler(name="clcs_test", iteration_log=False).attach(trainer)
     epochs = {}
     counts = {}
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epochs.__setitem__(e.state.epoch, dict(e.state.metrics)))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED,
+                              lambda e: epochs.__setitem__(e.state.epoch, dict(e.state.metrics)))
     trainer.add_event_handler(Events.EPOCH_COMPLETED,
                               lambda e: counts.__setitem__(e.state.epoch, trainer.curriculum.counts.clone()))
     seen = _outputs(trainer)

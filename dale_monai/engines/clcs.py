@@ -235,7 +235,8 @@ class CLCSTrainer(MultiNetworkTrainer):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value <= high) or \
                 value != value or value == float("inf"):
             interval = f"[0, {high:g}]" if high != float("inf") else ">= 0 and finite"
-            raise ValueError(f"{owner}: {name} must be {'in ' if high != float('inf') else ''}{interval}, got {value!r}")
+            where = f"in {interval}" if high != float("inf") else interval
+            raise ValueError(f"{owner}: {name} must be {where}, got {value!r}")
         return float(value)
 
     def checkpoint_objects(self) -> dict[str, Any]:

@@ -360,7 +360,7 @@ def _merged_train(bundle: Path, overlay: str) -> None:
 
 def test_every_paradigm_overlay_is_covered():
     assert PARADIGM_OVERLAYS == sorted(["coteaching_train.json", "trinet_train.json", "mwnet_train.json",
-                                        "gce_train.json", "sce_train.json"])
+                                        "gce_train.json", "sce_train.json", "clcs_train.json"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -388,7 +388,7 @@ def test_paradigm_overlays_keep_monailabel_override_points(name, overlay, tmp_pa
     assert parser["validate#evaluator#network"] == "@network"
 
 
-@pytest.mark.parametrize("overlay", ["coteaching_train.json", "mwnet_train.json"])
+@pytest.mark.parametrize("overlay", ["coteaching_train.json", "mwnet_train.json", "clcs_train.json"])
 def test_training_with_a_paradigm_as_monailabel_starts_it(overlay, tmp_path, tiny2d_meta):  # noqa: F811
     """MONAI Label's run on a bundle whose train.json holds a paradigm: its CheckpointLoader restores network 0
     from models/model.pt, the other networks start fresh, validation rewrites model.pt with network 0, which

@@ -113,7 +113,9 @@ class CLCSTrainer(MultiNetworkTrainer):
     batch counts are summed over the processes every iteration, so every process (and rank 0's checkpoint) holds
     the same curriculum.
 
-    Cost: two forward and backward passes per batch and two networks' memory, as Co-teaching.
+    Cost: two forward and backward passes per batch and two networks' memory, as Co-teaching; 2.42× standard
+    training per iteration on the default bundle's network (Co-teaching 1.97× in the same run,
+    ``benchmarks/results/paradigms_speed_clcs/paradigms_speed.md``).
 
     Example::
 
@@ -137,7 +139,8 @@ class CLCSTrainer(MultiNetworkTrainer):
         feature_layer: the module whose input is the pre-head feature map (a dotted path of the unwrapped network,
             the same in both branches); ``None``: :func:`dale_monai.networks.default_feature_layer`.
         warmup_epochs: epochs of plain training before selection starts (>= 0); ``None``: 5 % of ``max_epochs``,
-            at least 1, computed when the run starts (2BDenoise: 10 of 200).
+            at least 1 (2BDenoise: 10 of 200), so a run resumed with another ``max_epochs`` warms up for another
+            number of epochs: give a number for a fixed schedule.
         label_floor: the label clamp of RCE (A = ln label_floor), in (0, 1); default 1e-4 (2BDenoise's ``SCELoss``).
 
     Raises:

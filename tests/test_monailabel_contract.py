@@ -111,11 +111,12 @@ def _dims(name: str) -> int:
 
 
 def _tiny_data(name: str, request) -> Path:
-    """Tiny data the bundle accepts: 3D volumes, multi-class slices in [0, 1] (Synapse), else 2D PNG."""
+    """Tiny data the bundle accepts: 3D volumes, 9-class slices in [0, 1] (Synapse), else 2D PNG (its 0/1 labels are
+    class indices of any bundle, the 3-class COVID one included)."""
     config = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
     if config["spatial_dims"] == 3:
         return request.getfixturevalue("tiny3d")
-    return request.getfixturevalue("tiny_multiclass" if config["num_classes"] > 2 else "tiny2d")
+    return request.getfixturevalue("tiny_multiclass" if config["num_classes"] >= 9 else "tiny2d")
 
 
 # --------------------------------------------------------------------------------------------- files and metadata

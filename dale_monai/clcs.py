@@ -73,7 +73,7 @@ __all__ = [
     "ClassCurriculum",
 ]
 
-#: curriculum maps M: [0, 1] → [0, 1] (FlexMatch, Zhang et al. 2021, Sec. 3.3): convex x/(2 − x), linear x,
+#: curriculum maps M: [0, 1] → [0, 1] (FlexMatch, Zhang et al., NeurIPS 2021): convex x/(2 − x), linear x,
 #: concave log2(1 + x)
 MAPPINGS = ("convex", "linear", "concave")
 #: how a class's learning status is measured (see :func:`learning_status`)
@@ -230,9 +230,9 @@ def learning_status(counts: Tensor, rule: str = "recall", threshold_warmup: bool
       u = 1 − Σ_c (confident correct) / Σ_c (labelled): a class's progress on its own pixels, so class frequency does
       not enter (with noisy labels s_c is at most 1 − the class's noise rate);
     - ``"count"``: s_c = (predicted c with confidence ≥ τ) / N and u = 1 − Σ_c s_c, N all pixels: FlexMatch's σ_c
-      (Zhang et al., NeurIPS 2021, Eq. 5-6) on pixels, where a frequent class always leads;
+      (Zhang et al., NeurIPS 2021) on pixels, where a frequent class always leads;
 
-    and β_c = s_c / max(max_k s_k, u) with ``threshold_warmup`` (FlexMatch's warm-up, Eq. 11: early in training,
+    and β_c = s_c / max(max_k s_k, u) with ``threshold_warmup`` (FlexMatch's threshold warm-up: early in training,
     when most pixels are unlearned, β stays small for every class), else s_c / max_k s_k. A class with no labelled
     pixel in the counts (``"recall"``) keeps its ``previous`` status (0 without one).
 

@@ -15,7 +15,9 @@ iteration and its ratio to ``standard``. Paradigms:
   :class:`~dale_monai.engines.TriNetTrainer`;
 - ``mwnet``, ``l2rw``: :class:`~dale_monai.engines.MetaReweightTrainer` (rules ``mwnet``, ``l2rw``), meta batches
   of the same size;
-- ``dale``: :class:`~dale_monai.engines.DALETrainer` as the bundles ship it (ω ``jvp``, Wasserstein handler).
+- ``dale``: :class:`~dale_monai.engines.DALETrainer` as the bundles ship it (ω ``jvp``, Wasserstein handler);
+- ``clcs``: :class:`~dale_monai.engines.CLCSTrainer` with its defaults, timed in the selection phase (no warm-up,
+  thresholds of a half-learned curriculum, so the selection, its per-class guarantee and NBL all run).
 
 Usage::
 
@@ -44,14 +46,21 @@ import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedTrainer  # noqa: E402
 
-from dale_monai.engines import CoTeachingTrainer, DALETrainer, MetaReweightTrainer, TriNetTrainer  # noqa: E402
+from dale_monai.clcs import ClassCurriculum, class_thresholds  # noqa: E402
+from dale_monai.engines import (  # noqa: E402
+    CLCSTrainer,
+    CoTeachingTrainer,
+    DALETrainer,
+    MetaReweightTrainer,
+    TriNetTrainer,
+)
 from dale_monai.handlers import WassersteinAlignment  # noqa: E402
 from dale_monai.losses import DALELoss  # noqa: E402
 from dale_monai.meta import OmegaMetaStep  # noqa: E402
 from dale_monai.robust_losses import GeneralizedCELoss, SymmetricCELoss  # noqa: E402
 from dale_monai.transforms import FuzzyPartition  # noqa: E402
 
-PARADIGMS = ("standard", "gce", "sce", "coteaching", "trinet", "mwnet", "l2rw", "dale")
+PARADIGMS = ("standard", "gce", "sce", "coteaching", "trinet", "mwnet", "l2rw", "dale", "clcs")
 BUNDLE = REPO / "bundles" / "synthetic2d_unet" / "configs" / "train.json"
 
 
@@ -85,7 +94,7 @@ def make_batches(size: int, batch: int, count: int, patch: int, seed: int = 0) -
 
 def build(paradigm: str, make_net: Callable[[], torch.nn.Module], lr: float, batches: list, meta: list) -> object:
     """The trainer of ``paradigm``, constructed the simple way a benchmark arm does it."""
-    nets = [make_net() for _ in range({"coteaching": 2, "trinet": 3}.get(paradigm, 1))]
+    nets = [make_net() for _ in range({"coteaching": 2, "trinet": 3, "clcs": 2}.get(paradigm, 1))]
     opts = [torch.optim.Adam(n.parameters(), lr=lr) for n in nets]
     loss = DALELoss(ce_weight=1.0, dice_weight=1.0)
     common = dict(device="cpu", max_epochs=1, train_data_loader=batches, loss_function=loss, decollate=False)
@@ -104,6 +113,12 @@ def build(paradigm: str, make_net: Callable[[], torch.nn.Module], lr: float, bat
                               mask_mode="weight", mask_inputs=False, **common)
         WassersteinAlignment(alpha=0.05).attach(trainer)
         return trainer
+    if paradigm == "clcs":
+        curriculum = ClassCurriculum(num_classes=2)
+        status = torch.full((2,), 0.5, dtype=torch.float64)
+        curriculum.load_state_dict({"counts": torch.zeros(3, 2, dtype=torch.float64), "status": status,
+                                    "thresholds": class_thresholds(status, curriculum.tau)})
+        return CLCSTrainer(networks=nets, optimizers=opts, curriculum=curriculum, warmup_epochs=0, **common)
     raise ValueError(f"unknown paradigm {paradigm!r}; choose from {PARADIGMS}")
 
 

@@ -705,6 +705,8 @@ PARADIGMS = {
     "mwnet_train.json": "MW-Net meta re-weighting on a clean `meta` set (`--mwnet#rule l2rw`: learning to re-weight)",
     "gce_train.json": "MONAI's standard trainer with the generalised cross-entropy (q = 0.5)",
     "sce_train.json": "MONAI's standard trainer with the symmetric cross-entropy (α = β = 0.5)",
+    "clcs_train.json": "CLCS (two branches vote; class-aware curriculum thresholds select the clean pixels, the rest "
+                       "get a confidence-weighted CE/RCE mix)",
 }
 
 
@@ -824,6 +826,42 @@ def mwnet_overlay(train: dict, ds: dict) -> dict:
     }
 
 
+def clcs_overlay(train: dict) -> dict:
+    """CLCS: two copies of ``network_def`` (the first is ``@network``), the class curriculum, CLCSTrainer.
+
+    The curriculum (``clcs#curriculum``) is its own config object so that the last checkpoint can save it (a handler
+    cannot reference the trainer it belongs to). Defaults and their sources: ``dale_monai.engines.CLCSTrainer``.
+    """
+    copies: dict = {"network_def_1": "%network_def",
+                    "network_1": {"_target_": "dale_monai.distributed.network_like", "network": "@network_def_1",
+                                  "reference": "@network", "device": "@device"},
+                    "optimizer_1": {"_target_": "dale_monai.engines.optimizer_like", "optimizer": "@optimizer",
+                                    "network": "@network_1"}}
+    return {
+        "clcs": {
+            # thresholds tau * M(beta), M(x) = x / (2 - x), beta the learning status of the previous epoch
+            "tau": 0.9, "mapping": "convex", "status": "recall", "threshold_warmup": True,
+            "criterion": "label", "min_keep": 0.1, "noisy_weight": 1.0,
+            "discrepancy": "features", "discrepancy_weight": 0.1, "feature_layer": None,
+            # null: 5 % of num_epochs, at least 1
+            "warmup_epochs": None,
+            "curriculum": {"_target_": "dale_monai.clcs.ClassCurriculum", "num_classes": "@num_classes",
+                           "tau": "@clcs#tau", "mapping": "@clcs#mapping", "status": "@clcs#status",
+                           "threshold_warmup": "@clcs#threshold_warmup"},
+        },
+        **copies,
+        "train#trainer": _paradigm_trainer(
+            "dale_monai.engines.CLCSTrainer", networks="$[@network, @network_1]",
+            optimizers="$[@optimizer, @optimizer_1]", curriculum="@clcs#curriculum", criterion="@clcs#criterion",
+            min_keep="@clcs#min_keep", noisy_weight="@clcs#noisy_weight", discrepancy="@clcs#discrepancy",
+            discrepancy_weight="@clcs#discrepancy_weight", feature_layer="@clcs#feature_layer",
+            warmup_epochs="@clcs#warmup_epochs"),
+        **_NO_DALE,
+        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)", "optimizer_1": "@optimizer_1",
+                             "clcs_curriculum": "@clcs#curriculum"}),
+    }
+
+
 def robust_loss_overlay(loss: dict) -> dict:
     """MONAI's standard trainer (the plain overlay) with a noise-robust loss in place of DALELoss."""
     return {**plain_overlay(), "loss": loss}
@@ -841,6 +879,7 @@ def paradigm_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
         "gce_train.json": robust_loss_overlay({"_target_": "dale_monai.robust_losses.GeneralizedCELoss", "q": 0.5}),
         "sce_train.json": robust_loss_overlay({"_target_": "dale_monai.robust_losses.SymmetricCELoss", "alpha": 0.5,
                                                "beta": 0.5}),
+        "clcs_train.json": clcs_overlay(train),
     }
     assert set(out) == set(PARADIGMS)
     return out
@@ -858,8 +897,9 @@ Co-teaching and TriNet train 2 and 3 copies of `network_def`; the first is the o
 `models/model.pt` (so inference, MONAI Label and `predict` are unchanged), the checkpoint holds them all.
 {meta}.
 Settings: `--coteaching#select_ratio 0.85 --coteaching#ramp_start 100 --coteaching#ramp_end 800` (iterations;
-default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwnet#rule l2rw`. Put
-`multi_gpu_train.json` last to combine one with torchrun.
+default 10 % and 80 % of the run), `--trinet#...` likewise (0.9, linear), `--mwnet#rule l2rw`, `--clcs#tau 0.9
+--clcs#warmup_epochs 5 --clcs#discrepancy_weight 0.1` (CLCS trains 2 copies too; its per-class thresholds are logged
+every epoch). Put `multi_gpu_train.json` last to combine one with torchrun.
 """
 
 

@@ -64,13 +64,18 @@ def test_check_fails_on_a_hand_edited_or_stray_bundle(tmp_path, capsys):
 
 
 def test_matrix_rules(tmp_path):
-    datasets = {"synthetic2d", "synthetic3d", "covid_semiseg", "ph2", "isic2016_ph2", "polyp", "mosmed", "synapse"}
+    datasets = {"synthetic2d", "synthetic3d", "covid_semiseg", "covid_multiclass", "ph2", "isic2016_ph2", "polyp",
+                "mosmed", "synapse"}
     assert set(MATRIX["datasets"]) == datasets
     assert set(MATRIX["backbones"]) == {"unet", "unetpp", "attentionunet", "swinunetr", "segresnet"}
     for dataset in datasets:
         assert {"unet", "swinunetr"} <= {r["backbone"] for r in MATRIX["bundles"] if r["dataset"] == dataset}
     assert sorted(p.name for p in BUNDLES.iterdir() if (p / "configs").is_dir()) == sorted(NAMES)
     assert MATRIX["datasets"]["synapse"]["num_classes"] == 9
+    # the 3-class COVID bundle (background, ground-glass opacity, consolidation) CLCS is evaluated on
+    covid3 = MATRIX["datasets"]["covid_multiclass"]
+    assert covid3["num_classes"] == 3 and "--task multiclass" in covid3["prepare"]
+    assert covid3["label_names"] == {"background": 0, "ground-glass opacity": 1, "consolidation": 2}
     # the README's default stays as light as it is (12 epochs x 6 iterations of batch 8 at 96x96)
     cfg = json.loads((BUNDLES / "synthetic2d_unet" / "configs" / "train.json").read_text())
     assert (cfg["num_epochs"], cfg["batch_size"], cfg["spatial_size"]) == (12, 8, [96, 96])
@@ -140,7 +145,7 @@ def _references(node, out: set) -> set:
 
 
 PARADIGM_OVERLAYS = ("coteaching_train.json", "trinet_train.json", "mwnet_train.json", "gce_train.json",
-                     "sce_train.json")
+                     "sce_train.json", "clcs_train.json")
 COMBINATIONS = {
     "train": ("train.json",),
     "plain": ("train.json", "plain_train.json"),
@@ -320,12 +325,15 @@ def test_paradigm_overlays_keep_the_model_and_checkpoint_every_network(name):
             assert parser[f"network_def_{i}"] == "%network_def"  # a new instance of the same definition
         if overlay == "mwnet_train.json":
             assert {"weight_net", "meta_optimizer"} <= set(ckpt["save_dict"])
+        if overlay == "clcs_train.json":
+            assert ckpt["save_dict"]["clcs_curriculum"] == trainer["curriculum"] == "@clcs#curriculum"
+            assert parser["clcs#curriculum#num_classes"] == "@num_classes"
         best = [h for h in parser["validate#handlers"] if h["_target_"] == "CheckpointSaver"][0]
         assert best["save_dict"] == {"model": "$dale_monai.networks.unwrap_model(@network)"}
 
 
 @pytest.mark.parametrize("name", ["synthetic2d_unet", "synthetic3d_segresnet", "covid_semiseg_swinunetr",
-                                  "synapse_unet"])
+                                  "synapse_unet", "covid_multiclass_unet"])
 def test_paradigm_trainers_are_constructed(name, tmp_path):
     from monai.bundle import ConfigWorkflow
 
@@ -334,7 +342,7 @@ def test_paradigm_trainers_are_constructed(name, tmp_path):
 
     expected = {"coteaching_train.json": ("CoTeachingTrainer", 2), "trinet_train.json": ("TriNetTrainer", 3),
                 "mwnet_train.json": ("MetaReweightTrainer", 1), "gce_train.json": ("SupervisedTrainer", 1),
-                "sce_train.json": ("SupervisedTrainer", 1)}
+                "sce_train.json": ("SupervisedTrainer", 1), "clcs_train.json": ("CLCSTrainer", 2)}
     for overlay, (cls, n) in expected.items():
         extra = {"meta#dataset#data": _ITEM, "meta#dataset#cache_rate": 0.0} if overlay.startswith("mwnet") else {}
         workflow = ConfigWorkflow(config_file=_configs(name, "train.json", overlay), workflow_type="train",
@@ -350,6 +358,9 @@ def test_paradigm_trainers_are_constructed(name, tmp_path):
             assert len({id(net) for net in inner}) == n and all(type(net) is type(inner[0]) for net in inner)
             first = [p.detach() for p in inner[0].parameters()]
             assert any(not torch.equal(a, b) for a, b in zip(first, inner[1].parameters()))  # own initialisation
+        if cls == "CLCSTrainer":  # the curriculum the last checkpoint saves is the trainer's, sized for the classes
+            assert trainer.curriculum is workflow.parser.get_parsed_content("clcs#curriculum")
+            assert trainer.curriculum.num_classes == workflow.parser["num_classes"]
             assert all(type(opt) is type(trainer.optimizer) for opt in trainer.optimizers)
         workflow.finalize()
 
@@ -385,6 +396,10 @@ def test_mwnet_without_a_meta_section_names_the_data_prep_option(name, tmp_path)
     ("coteaching_train.json", {"coteaching#ramp": "cosine"}, "ramp"),
     ("mwnet_train.json", {"mwnet#rule": "mentor"}, "rule"),
     ("gce_train.json", {"loss#q": 0.0}, "q must lie in"),
+    ("clcs_train.json", {"clcs#tau": 1.5}, "tau must lie in"),
+    ("clcs_train.json", {"clcs#min_keep": 2}, "min_keep"),
+    ("clcs_train.json", {"clcs#discrepancy": "kl"}, "discrepancy must be one of"),
+    ("clcs_train.json", {"clcs#warmup_epochs": -1}, "warmup_epochs"),
 ])
 def test_out_of_range_paradigm_settings_stop_at_construction(overlay, override, option, tmp_path):
     from monai.bundle import ConfigWorkflow

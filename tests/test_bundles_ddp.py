@@ -3,7 +3,8 @@
 Run by pytest, the module fixture starts ``torchrun --standalone --nproc_per_node=2`` on this file; run as a
 script it is the worker. Each process trains twice on its shard of the same tiny synthetic data: once without
 the ω meta step (``omega_step: null``, the real DALE steps only) and once with DALE as shipped; then with the
-Co-teaching and MW-Net overlays (several networks, a weight network), whose ranks must end identical too.
+Co-teaching, MW-Net and CLCS overlays (several networks, a weight network, the class curriculum), whose ranks must end
+identical too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ PARADIGM_RUNS = {
     "coteaching": ("coteaching_train.json", {"coteaching#ramp_start": 0, "coteaching#ramp_end": 1},
                    ("network", "network_1")),
     "mwnet": ("mwnet_train.json", {}, ("network", "mwnet#weight_net")),
+    # two epochs: the second selects with thresholds from the first's counts, summed over the ranks
+    "clcs": ("clcs_train.json", {"num_epochs": 2, "clcs#warmup_epochs": 1, "clcs#tau": 0.6,
+                                 "clcs#threshold_warmup": False}, ("network", "network_1")),
 }
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,8 +153,12 @@ def test_paradigm_ranks_end_with_identical_networks(runs, paradigm):
     assert _norm_diff(trained, runs["init"]) > 0, "nothing was trained"
     ckpt = torch.load(runs["dir"] / paradigm / "models" / "checkpoint_last.pt", weights_only=True)
     assert set(ckpt["model"]) == set(runs["init"])  # written by rank 0, no "module." prefix
-    if paradigm == "coteaching":
+    if paradigm in ("coteaching", "clcs"):
         assert set(ckpt["model_1"]) == set(runs["init"]) and "optimizer_1" in ckpt
+    if paradigm == "clcs":
+        # rank 0's curriculum holds the counts of the whole global batch (every pixel of the 8 cases, epoch 2)
+        assert float(ckpt["clcs_curriculum"]["counts"][0].sum()) == N_TRAIN * 32 * 32
+        assert float(ckpt["clcs_curriculum"]["thresholds"].max()) > 0
 
 
 def test_only_rank0_writes_checkpoints_without_ddp_prefix(runs):

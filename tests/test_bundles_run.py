@@ -230,6 +230,7 @@ PARADIGM_RUNS = {  # overlay → trainer class, objects the last checkpoint must
     "mwnet_train.json": ("MetaReweightTrainer", {"weight_net", "meta_optimizer"}),
     "gce_train.json": ("SupervisedTrainer", set()),
     "sce_train.json": ("SupervisedTrainer", set()),
+    "clcs_train.json": ("CLCSTrainer", {"model_1", "optimizer_1", "clcs_curriculum"}),
 }
 
 

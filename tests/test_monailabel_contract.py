@@ -111,11 +111,12 @@ def _dims(name: str) -> int:
 
 
 def _tiny_data(name: str, request) -> Path:
-    """Tiny data the bundle accepts: 3D volumes, multi-class slices in [0, 1] (Synapse), else 2D PNG."""
+    """Tiny data the bundle accepts: 3D volumes, 9-class slices in [0, 1] (Synapse), else 2D PNG (its 0/1 labels are
+    class indices of any bundle, the 3-class COVID one included)."""
     config = json.loads((BUNDLES / name / "configs" / "train.json").read_text())
     if config["spatial_dims"] == 3:
         return request.getfixturevalue("tiny3d")
-    return request.getfixturevalue("tiny_multiclass" if config["num_classes"] > 2 else "tiny2d")
+    return request.getfixturevalue("tiny_multiclass" if config["num_classes"] >= 9 else "tiny2d")
 
 
 # --------------------------------------------------------------------------------------------- files and metadata
@@ -362,7 +363,7 @@ def test_every_paradigm_overlay_is_covered():
     assert PARADIGM_OVERLAYS == sorted(["coteaching_train.json", "trinet_train.json", "mwnet_train.json",
                                         "gce_train.json", "sce_train.json", "meanteacher_train.json",
                                         "cps_train.json", "fixeddynamic_train.json", "dalepl_train.json",
-                                        "gapmatch_train.json"])
+                                        "gapmatch_train.json", "clcs_train.json"])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -390,7 +391,7 @@ def test_paradigm_overlays_keep_monailabel_override_points(name, overlay, tmp_pa
     assert parser["validate#evaluator#network"] == "@network"
 
 
-@pytest.mark.parametrize("overlay", ["coteaching_train.json", "mwnet_train.json"])
+@pytest.mark.parametrize("overlay", ["coteaching_train.json", "mwnet_train.json", "clcs_train.json"])
 def test_training_with_a_paradigm_as_monailabel_starts_it(overlay, tmp_path, tiny2d_meta):  # noqa: F811
     """MONAI Label's run on a bundle whose train.json holds a paradigm: its CheckpointLoader restores network 0
     from models/model.pt, the other networks start fresh, validation rewrites model.pt with network 0, which

@@ -447,7 +447,7 @@ def test_add_parser_registers_noise_command(tmp_path):
         parser.parse_args(["noise", "--datalist", "x", "--out", "y", "--protocol", "dilate", "--k", "3-1"])
     with pytest.raises(SystemExit):
         parser.parse_args(["noise", "--datalist", "x", "--out", "y", "--protocol", "sharpen"])
-    assert set(PROTOCOLS) == {"dilate", "erode", "dilate_erode", "elastic", "components"}
+    assert set(PROTOCOLS) == {"dilate", "erode", "dilate_erode", "elastic", "components", "class_boundary"}
 
 
 def test_meta_fraction_keeps_clean_cases_apart_and_the_noise_of_the_others(tmp_path, capsys):

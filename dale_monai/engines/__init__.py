@@ -1,3 +1,4 @@
+from .clcs import CLCSKeys, CLCSTrainer
 from .coteaching import CoTeachingTrainer
 from .cps import CrossPseudoSupervisionTrainer
 from .dale_pseudo import DALEPseudoLabelTrainer
@@ -15,4 +16,4 @@ __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POL
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
            "MetaReweightTrainer", "MetaReweightKeys", "SemiSupervisedTrainer", "SemiSupervisedKeys", "PairedBatches",
            "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer", "FixedDynamicTrainer",
-           "FixedDynamicKeys", "DALEPseudoLabelTrainer", "GapMatchTrainer", "GapMatchKeys"]
+           "FixedDynamicKeys", "DALEPseudoLabelTrainer", "GapMatchTrainer", "GapMatchKeys", "CLCSTrainer", "CLCSKeys"]

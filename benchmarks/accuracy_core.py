@@ -609,8 +609,8 @@ def _build_standard(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, No
     return SupervisedTrainer(**common), None
 
 
-@register_paradigm("dale", files=("dale_monai/meta.py", "dale_monai/wasserstein.py", "dale_monai/networks.py",
-                                  "dale_monai/engines/trainer.py", "dale_monai/engines/utils.py",
+@register_paradigm("dale", files=("dale_monai/meta.py", "dale_monai/wasserstein.py", "dale_monai/feature_layers.py",
+                                  "dale_monai/engines/dale.py", "dale_monai/engines/dale_events.py",
                                   "dale_monai/handlers/wasserstein.py"), partition=True)
 def _build_dale(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, "_DALEStats"]:
     """``DALETrainer`` with the run's ω options, mask handling and (optionally) ``WassersteinAlignment``."""

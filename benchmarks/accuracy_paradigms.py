@@ -113,7 +113,7 @@ class _CLCSStats:
 
 @register_paradigm("clcs", files=("dale_monai/clcs.py", "dale_monai/engines/clcs.py",
                                   "dale_monai/engines/multi_network.py", "dale_monai/coteaching.py",
-                                  "dale_monai/robust_losses.py", "dale_monai/networks.py"))
+                                  "dale_monai/robust_losses.py", "dale_monai/feature_layers.py"))
 def _build_clcs(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, _CLCSStats]:
     """CLCS: two branches vote; per-epoch class-aware thresholds select clean pixels, NBL, feature discrepancy."""
     nets, opts = _networks(common, extras, 2)

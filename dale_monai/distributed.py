@@ -20,7 +20,7 @@ from torch import nn
 
 from .handlers.checkpoint import LastCheckpoint
 
-__all__ = ["local_device", "init_distributed", "distributed_network", "network_like", "handlers_for_rank",
+__all__ = ["is_distributed", "all_reduce_mean", "all_reduce_sum", "local_device", "init_distributed", "distributed_network", "network_like", "handlers_for_rank",
            "ResumeOnly", "OUTPUT_ONLY_HANDLERS", "shard_sampler"]
 
 #: class names of handlers that only write output (logs, bars, files); dropped on ranks other than 0
@@ -31,6 +31,27 @@ OUTPUT_ONLY_HANDLERS = (
     "ProgressBarHandler",
     "CheckpointSaver",
 )
+
+
+def is_distributed() -> bool:
+    """True inside a process group of more than one process (``torchrun`` with ``--nproc_per_node`` > 1)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_mean(tensors: Sequence[torch.Tensor | None]) -> None:
+    """Average each tensor in place over the process group (``None`` entries, e.g. unused parameters' gradients,
+    are skipped). The paradigms' meta and virtual steps use it for the gradients that DDP does not average
+    because they are taken with ``torch.autograd.grad`` rather than ``backward``."""
+    world = dist.get_world_size()
+    for t in tensors:
+        if t is not None:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t.div_(world)
+
+
+def all_reduce_sum(t: torch.Tensor) -> None:
+    """Sum a tensor in place over the process group (normalisers such as learning-to-reweight's weight sum)."""
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def local_device() -> torch.device:
@@ -140,7 +161,7 @@ def shard_sampler(dataset, shuffle: bool = True):
         dataset: the dataset to shard.
         shuffle: shuffle within the sampler (a fresh permutation at every epoch).
     """
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not is_distributed():
         return None
     from monai.data import DistributedSampler
 

@@ -28,7 +28,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from .networks import default_feature_layer, is_submodule, resolve_layer, unwrap_model
+from .feature_layers import default_feature_layer, is_submodule, resolve_layer, unwrap_model
 
 __all__ = [
     "OmegaResult",
@@ -134,7 +134,7 @@ def head_parameters(network: nn.Module, head: nn.Module) -> dict[str, Tensor]:
 
     Args:
         network: the (unwrapped) segmentation network.
-        head: one of its modules, e.g. :func:`dale_monai.networks.default_feature_layer`.
+        head: one of its modules, e.g. :func:`dale_monai.feature_layers.default_feature_layer`.
 
     Raises:
         ValueError: ``head`` is not a submodule of ``network`` or has no trainable parameter.
@@ -249,7 +249,7 @@ class OmegaMetaStep:
 
     - ``"full"`` (default, the paper): every trainable parameter.
     - ``"head"``: only the parameters of the segmentation head (``head_layer``, by default
-      :func:`dale_monai.networks.default_feature_layer`, the module whose input the Wasserstein term hooks).
+      :func:`dale_monai.feature_layers.default_feature_layer`, the module whose input the Wasserstein term hooks).
       The virtual step, v and the inner products are restricted to the head; the DALE trainer records the
       head's input in its real fuzzy forward, so the Jacobian-vector product runs through the head alone
       (see :func:`network_closures`). Far cheaper, and a coarser signal: a pixel's agreement is judged
@@ -296,7 +296,7 @@ class OmegaMetaStep:
         scope: ``"full"`` or ``"head"`` (above).
         rule: ``"adam"`` or ``"l2rw"`` (above).
         head_layer: with ``scope="head"``: the head, as a dotted module path of the unwrapped network or the
-            module itself; ``None`` uses :func:`dale_monai.networks.default_feature_layer`.
+            module itself; ``None`` uses :func:`dale_monai.feature_layers.default_feature_layer`.
 
     Raises:
         ValueError: naming the option, for an unknown method/reduction/scope/rule, ``steps`` not an integer

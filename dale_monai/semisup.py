@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .networks import unwrap_model
+from .feature_layers import unwrap_model
 
 __all__ = ["sigmoid_rampup", "probabilities", "hard_labels", "ema_teacher", "ema_decay", "ema_update_",
            "consistency_mse", "input_noise"]

@@ -69,7 +69,7 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 
 
 IMPORTS = ["$import os", "$import torch", "$import monai", "$import ignite", "$import dale_monai",
-           "$import dale_monai.bundle", "$import dale_monai.networks"]
+           "$import dale_monai.bundle", "$import dale_monai.feature_layers"]
 
 
 def _binary(ds: dict) -> bool:
@@ -253,7 +253,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                 {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "tag_name": "train_loss",
                  "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
                 {"_target_": "dale_monai.handlers.checkpoint.LastCheckpoint", "save_dir": "@ckpt_dir",
-                 "save_dict": {"model": "$dale_monai.networks.unwrap_model(@network)", "optimizer": "@optimizer"},
+                 "save_dict": {"model": "$dale_monai.feature_layers.unwrap_model(@network)", "optimizer": "@optimizer"},
                  "resume": "@resume"},
             ],
             # handlers that are part of the DALE algorithm, kept apart so that the plain overlay drops them
@@ -294,7 +294,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                 {"_target_": "StatsHandler", "iteration_log": False},
                 {"_target_": "TensorBoardStatsHandler", "log_dir": "@log_dir", "iteration_log": False},
                 {"_target_": "CheckpointSaver", "save_dir": "@ckpt_dir",
-                 "save_dict": {"model": "$dale_monai.networks.unwrap_model(@network)"},
+                 "save_dict": {"model": "$dale_monai.feature_layers.unwrap_model(@network)"},
                  "save_key_metric": True, "key_metric_filename": "model.pt"},
                 {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*", "metric_details": "*",
                  "batch_transform": "$lambda x: [xx['image'].meta for xx in x]", "summary_ops": "*"},
@@ -772,7 +772,7 @@ def small_loss_overlay(train: dict, section: str, target: str, n_networks: int, 
             ramp_end=f"@{section}#ramp_end", ramp=f"@{section}#ramp", per_sample=f"@{section}#per_sample",
         ),
         **_NO_DALE,
-        **_save_dict(train, {f"model{i}": f"$dale_monai.networks.unwrap_model(@network{i})" for i in ids[1:]}
+        **_save_dict(train, {f"model{i}": f"$dale_monai.feature_layers.unwrap_model(@network{i})" for i in ids[1:]}
                      | {f"optimizer{i}": f"@optimizer{i}" for i in ids[1:]}),
     }
 
@@ -857,7 +857,7 @@ def clcs_overlay(train: dict) -> dict:
             discrepancy_weight="@clcs#discrepancy_weight", feature_layer="@clcs#feature_layer",
             warmup_epochs="@clcs#warmup_epochs"),
         **_NO_DALE,
-        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)", "optimizer_1": "@optimizer_1",
+        **_save_dict(train, {"model_1": "$dale_monai.feature_layers.unwrap_model(@network_1)", "optimizer_1": "@optimizer_1",
                              "clcs_curriculum": "@clcs#curriculum"}),
     }
 
@@ -1014,7 +1014,7 @@ def cps_overlay(train: dict, ds: dict) -> dict:
             "dale_monai.engines.CrossPseudoSupervisionTrainer", "cps", networks="$[@network, @network_1]",
             optimizers="$[@optimizer, @optimizer_1]"),
         **_NO_DALE,
-        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)",
+        **_save_dict(train, {"model_1": "$dale_monai.feature_layers.unwrap_model(@network_1)",
                              "optimizer_1": "@optimizer_1"}),
     }
 
@@ -1034,7 +1034,7 @@ def fixeddynamic_overlay(train: dict, ds: dict) -> dict:
             crop_fraction="@fixeddynamic#crop_fraction", size_multiple="@fixeddynamic#size_multiple",
             shift_fraction="@fixeddynamic#shift_fraction"),
         **_NO_DALE,
-        **_save_dict(train, {"model_1": "$dale_monai.networks.unwrap_model(@network_1)",
+        **_save_dict(train, {"model_1": "$dale_monai.feature_layers.unwrap_model(@network_1)",
                              "optimizer_1": "@optimizer_1"}),
     }
 

@@ -320,7 +320,7 @@ def test_paradigm_overlays_keep_the_model_and_checkpoint_every_network(name):
         (ckpt,) = [h for h in handlers if h["_target_"].endswith("LastCheckpoint")]
         n = networks.count("@network")
         for i in range(1, n):
-            assert ckpt["save_dict"][f"model_{i}"] == f"$dale_monai.networks.unwrap_model(@network_{i})"
+            assert ckpt["save_dict"][f"model_{i}"] == f"$dale_monai.feature_layers.unwrap_model(@network_{i})"
             assert ckpt["save_dict"][f"optimizer_{i}"] == f"@optimizer_{i}"
             assert parser[f"network_def_{i}"] == "%network_def"  # a new instance of the same definition
         if overlay == "mwnet_train.json":
@@ -329,7 +329,7 @@ def test_paradigm_overlays_keep_the_model_and_checkpoint_every_network(name):
             assert ckpt["save_dict"]["clcs_curriculum"] == trainer["curriculum"] == "@clcs#curriculum"
             assert parser["clcs#curriculum#num_classes"] == "@num_classes"
         best = [h for h in parser["validate#handlers"] if h["_target_"] == "CheckpointSaver"][0]
-        assert best["save_dict"] == {"model": "$dale_monai.networks.unwrap_model(@network)"}
+        assert best["save_dict"] == {"model": "$dale_monai.feature_layers.unwrap_model(@network)"}
 
 
 @pytest.mark.parametrize("name", ["synthetic2d_unet", "synthetic3d_segresnet", "covid_semiseg_swinunetr",
@@ -338,7 +338,7 @@ def test_paradigm_trainers_are_constructed(name, tmp_path):
     from monai.bundle import ConfigWorkflow
 
     from dale_monai.engines import MultiNetworkTrainer
-    from dale_monai.networks import unwrap_model
+    from dale_monai.feature_layers import unwrap_model
 
     expected = {"coteaching_train.json": ("CoTeachingTrainer", 2), "trinet_train.json": ("TriNetTrainer", 3),
                 "mwnet_train.json": ("MetaReweightTrainer", 1), "gce_train.json": ("SupervisedTrainer", 1),

@@ -69,7 +69,7 @@ def _train(config_files: list[str], overrides: dict, finalize: bool = True, modu
     """The trained state of ``network`` (keys as they are), or of several modules (keys prefixed by their id)."""
     from monai.bundle import ConfigWorkflow
 
-    from dale_monai.networks import unwrap_model
+    from dale_monai.feature_layers import unwrap_model
 
     workflow = ConfigWorkflow(config_file=config_files, workflow_type="train", **overrides)
     workflow.initialize()

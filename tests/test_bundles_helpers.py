@@ -21,7 +21,7 @@ from dale_monai.distributed import ResumeOnly, handlers_for_rank, init_distribut
 from dale_monai.evaluation import CaseMetricsSaver
 from dale_monai.handlers.checkpoint import LastCheckpoint
 from dale_monai.handlers.validation import EpochValidationHandler
-from dale_monai.nets import UNetPlusPlus
+from dale_monai.single_output_nets import UNetPlusPlus
 
 
 def _dicom_file(path: Path) -> None:

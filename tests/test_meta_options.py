@@ -23,7 +23,7 @@ from dale_monai.meta import (
     network_closures,
     virtual_norm_mode,
 )
-from dale_monai.networks import default_feature_layer
+from dale_monai.feature_layers import default_feature_layer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -38,7 +38,7 @@ def _overrides(bundle_root: Path, dataset_dir: Path) -> dict:
 def _worker(out: str, dataset_dir: str) -> None:
     from monai.bundle import ConfigWorkflow
 
-    from dale_monai.networks import unwrap_model
+    from dale_monai.feature_layers import unwrap_model
 
     rank = int(os.environ["RANK"])
     for i, (name, (overlay, modules)) in enumerate(RUNS.items()):

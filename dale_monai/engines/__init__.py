@@ -8,9 +8,9 @@ from .mean_teacher import MeanTeacherKeys, MeanTeacherTrainer
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, optimizer_like
 from .mwnet import MetaReweightKeys, MetaReweightTrainer
 from .semisup import PairedBatches, SemiSupervisedKeys, SemiSupervisedTrainer
-from .trainer import MASK_MODES, NONFINITE_POLICIES, NORM_STATS, DALETrainer, NonFiniteError
+from .dale import MASK_MODES, NONFINITE_POLICIES, NORM_STATS, DALETrainer, NonFiniteError
 from .trinet import TriNetTrainer
-from .utils import DALEEvents, DALEKeys
+from .dale_events import DALEEvents, DALEKeys
 
 __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError",
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",

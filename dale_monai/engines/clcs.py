@@ -23,9 +23,10 @@ from ..clcs import (
     selection_mask,
     status_counts,
 )
-from ..networks import default_feature_layer, resolve_layer, unwrap_model
+from ..feature_layers import default_feature_layer, resolve_layer, unwrap_model
 from ..robust_losses import RCE_LABEL_FLOOR, reverse_ce_map
 from .multi_network import MultiNetworkKeys, MultiNetworkTrainer, pixel_loss_map, weighted_loss
+from ..distributed import is_distributed
 
 __all__ = ["CLCSTrainer", "CLCSKeys", "DISCREPANCIES", "DEFAULT_WARMUP_FRACTION"]
 
@@ -61,10 +62,6 @@ class CLCSKeys:
         return f"clcs_selected_{c}"
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class CLCSTrainer(MultiNetworkTrainer):
     """CLCS (Guo, Wang, Zhao, Zhou, "Imbalanced Medical Image Segmentation with Pixel-dependent Noisy Labels", IEEE
     TMI 2025, arXiv 2501.06678) as a MONAI trainer on :class:`MultiNetworkTrainer`.
@@ -96,7 +93,7 @@ class CLCSTrainer(MultiNetworkTrainer):
        m the selection, w = p̄_y, CE_i the loss function's per-pixel map (``pixel_map``: CE for ``DALELoss``),
        RCE_i the reverse cross-entropy, λ_r = ``noisy_weight``, D the discrepancy loss
        (:func:`~dale_monai.clcs.discrepancy_loss`: mean |cos| between the branches' pre-head features, found with
-       :func:`dale_monai.networks.default_feature_layer`), λ_d = ``discrepancy_weight``. D depends on both
+       :func:`dale_monai.feature_layers.default_feature_layer`), λ_d = ``discrepancy_weight``. D depends on both
        branches: half of it is in each branch's loss, so the summed backward gives each branch the gradient of
        λ_d·D. With ``DALELoss(dice_weight=0)`` and every pixel clean, L_i − λ_d/2·D is the mean cross-entropy; the
        bundles' Dice term is weighted by the selection (the rejected pixels get the robust term only).
@@ -137,7 +134,7 @@ class CLCSTrainer(MultiNetworkTrainer):
             probabilities) or ``"none"``.
         discrepancy_weight: λ_d >= 0; default 0.1 (ours).
         feature_layer: the module whose input is the pre-head feature map (a dotted path of the unwrapped network,
-            the same in both branches); ``None``: :func:`dale_monai.networks.default_feature_layer`.
+            the same in both branches); ``None``: :func:`dale_monai.feature_layers.default_feature_layer`.
         warmup_epochs: epochs of plain training before selection starts (>= 0); ``None``: 5 % of ``max_epochs``,
             at least 1 (2BDenoise: 10 of 200), so a run resumed with another ``max_epochs`` warms up for another
             number of epochs: give a number for a fixed schedule.
@@ -305,7 +302,7 @@ class CLCSTrainer(MultiNetworkTrainer):
         vote = (probs[0].detach() + probs[1].detach()) / 2
         labels = class_indices(targets, k)
         counts = status_counts(vote, labels, self.curriculum.tau)
-        if _distributed():
+        if is_distributed():
             dist.all_reduce(counts, op=dist.ReduceOp.SUM)  # every process keeps the global curriculum
         self.curriculum.accumulate(counts)
 

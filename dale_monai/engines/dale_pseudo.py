@@ -15,14 +15,14 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from ..meta import OmegaMetaStep, head_parameters, network_closures, virtual_norm_mode
-from ..networks import unwrap_model
+from ..feature_layers import unwrap_model
 from ..partition import check_options, check_patch_size, fuzzy_masks_batch
 from ..semisup import hard_labels
 from .mean_teacher import TeacherMixin
 from .multi_network import pixel_loss_map, weighted_loss
 from .semisup import SemiSupervisedKeys, SemiSupervisedTrainer
-from .trainer import _all_reduce_mean
-from .utils import DALEKeys
+from ..distributed import all_reduce_mean, is_distributed
+from .dale_events import DALEKeys
 
 __all__ = ["DALEPseudoLabelTrainer"]
 
@@ -197,10 +197,10 @@ class DALEPseudoLabelTrainer(TeacherMixin, SemiSupervisedTrainer):
         fuzzy_map, nonfuzzy_loss = network_closures(
             net, x_f, lambda out: pixel_loss_map(self.loss_function, out, pseudo), nonfuzzy_inputs, nonfuzzy_objective)
         eta = self.inner_lr if self.inner_lr is not None else float(self.optimizers[0].param_groups[0]["lr"])
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
         with virtual_norm_mode(net):
             result = step(loss_map_f, params, fuzzy_map, nonfuzzy_loss, eta,
-                          grad_reducer=_all_reduce_mean if distributed else None,
+                          grad_reducer=all_reduce_mean if distributed else None,
                           world_size=dist.get_world_size() if distributed else 1,
                           nonfuzzy_grad=nonfuzzy_grad, fuzzy_mask=mask_f)
         engine.state.output[DALEKeys.OMEGA_SMALL_GRAD] = result.frac_small_grad

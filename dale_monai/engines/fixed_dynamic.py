@@ -22,7 +22,7 @@ from ..fixed_dynamic import (
     shift_offsets,
 )
 from ..meta import logits_of, virtual_norm_mode
-from ..networks import unwrap_model
+from ..feature_layers import unwrap_model
 from ..semisup import probabilities
 from .multi_network import pixel_loss_map
 from .semisup import SemiSupervisedKeys, SemiSupervisedTrainer

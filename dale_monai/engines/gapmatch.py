@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader
 from ..fixed_dynamic import cutmix, cutmix_masks
 from ..gapmatch import confidence_mask, perturbation, strong_view
 from ..meta import logits_of, virtual_norm_mode
-from ..networks import unwrap_model
+from ..feature_layers import unwrap_model
 from ..semisup import hard_labels
 from .multi_network import pixel_loss_map
 from .semisup import SemiSupervisedKeys, SemiSupervisedTrainer
+from ..distributed import all_reduce_mean, is_distributed
 
 __all__ = ["GapMatchTrainer", "GapMatchKeys"]
 
@@ -29,14 +30,6 @@ class GapMatchKeys:
 
     CONFIDENT = "confident_fraction"  # share of unlabelled pixels whose pseudo-label passed p_cutoff
     LOSS_PERTURBED = "loss_unsup_perturbed"  # L_u at θ* (before its weight)
-
-
-def _all_reduce_mean(grads: list[Tensor | None]) -> None:
-    world = dist.get_world_size()
-    for g in grads:
-        if g is not None:
-            dist.all_reduce(g, op=dist.ReduceOp.SUM)
-            g.div_(world)
 
 
 class GapMatchTrainer(SemiSupervisedTrainer):
@@ -145,7 +138,7 @@ class GapMatchTrainer(SemiSupervisedTrainer):
         net, opt = unwrap_model(self.networks[0]), self.optimizers[0]
         params = [p for p in net.parameters() if p.requires_grad]
         n_l, n_u = inputs.shape[0], unlabeled.shape[0]
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
 
         masks = cutmix_masks(n_u, tuple(unlabeled.shape[2:]), device=unlabeled.device)
         strong = strong_view(unlabeled, masks, self.jitter)
@@ -170,8 +163,8 @@ class GapMatchTrainer(SemiSupervisedTrainer):
         g_l = list(torch.autograd.grad(loss_l, params, retain_graph=True, allow_unused=True))
         g_1 = list(torch.autograd.grad(loss_u, params, allow_unused=True))
         if distributed:
-            _all_reduce_mean(g_l)
-            _all_reduce_mean(g_1)
+            all_reduce_mean(g_l)
+            all_reduce_mean(g_1)
         deltas = perturbation(g_1, self.eps)
         if deltas is None:  # no confident pixel (g₁ = 0) or ε = 0: θ* = θ
             g_2, loss_p = g_1, loss_u.detach()
@@ -191,7 +184,7 @@ class GapMatchTrainer(SemiSupervisedTrainer):
                         if d is not None:
                             p.sub_(d)
             if distributed:
-                _all_reduce_mean(g_2)
+                all_reduce_mean(g_2)
             loss_p = loss_p.detach()
         out[GapMatchKeys.LOSS_PERTURBED] = loss_p
         for p, gl, g1, g2 in zip(params, g_l, g_1, g_2):

@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from ..meta import logits_of, virtual_norm_mode
-from ..networks import unwrap_model
+from ..feature_layers import unwrap_model
 from ..semisup import consistency_mse, ema_teacher, ema_update_, input_noise
 from .semisup import SemiSupervisedKeys, SemiSupervisedTrainer
 

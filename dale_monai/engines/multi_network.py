@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 
 from ..handlers.checkpoint import check_checkpoint_covers
 from ..meta import logits_of
-from ..networks import unwrap_model
-from .trainer import NonFiniteError
+from ..feature_layers import unwrap_model
+from .dale import NonFiniteError
 
 __all__ = ["MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "pixel_loss_map", "weighted_loss"]
 

@@ -17,9 +17,10 @@ from torch.utils.data import DataLoader
 from ..handlers.checkpoint import check_checkpoint_covers
 from ..meta import METHODS, logits_of, network_closures, virtual_norm_mode
 from ..mwnet import WeightNet, l2rw_weights, weight_net_gradient
-from ..networks import unwrap_model
+from ..feature_layers import unwrap_model
 from .multi_network import pixel_loss_map, weighted_loss
-from .trainer import NonFiniteError
+from .dale import NonFiniteError
+from ..distributed import all_reduce_mean, all_reduce_sum, is_distributed
 
 __all__ = ["MetaReweightTrainer", "MetaReweightKeys", "RULES", "META_SECTION_HINT"]
 
@@ -39,21 +40,6 @@ class MetaReweightKeys:
     WEIGHT_MEAN = "weight_mean"  # mean per-pixel weight of the real step (L2RW: 1 by construction)
     WEIGHT_ZERO = "weight_frac_zero"  # share of pixels with weight 0 (L2RW drops pixels; MW-Net's sigmoid never)
     WEIGHT = "weight"  # the per-pixel weights (B, 1, *spatial)
-
-
-def _all_reduce_mean(tensors: list[Tensor]) -> None:
-    world = dist.get_world_size()
-    for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(world)
-
-
-def _all_reduce_sum(t: Tensor) -> None:
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class MetaReweightTrainer(SupervisedTrainer):
@@ -206,7 +192,7 @@ class MetaReweightTrainer(SupervisedTrainer):
 
     # ----------------------------------------------------------------------------------------- meta data
     def _sync_weight_net(self, engine: MetaReweightTrainer) -> None:
-        if self.weight_net is not None and _distributed():
+        if self.weight_net is not None and is_distributed():
             for p in self.weight_net.parameters():
                 dist.broadcast(p.data, src=0)
 
@@ -240,17 +226,17 @@ class MetaReweightTrainer(SupervisedTrainer):
             net, inputs, lambda out: pixel_loss_map(self.loss_function, out, targets),
             meta_inputs, lambda out: weighted_loss(self.loss_function, out, meta_targets, None),
         )
-        distributed = _distributed()
+        distributed = is_distributed()
         world = dist.get_world_size() if distributed else 1
         params = dict(net.named_parameters())
         with virtual_norm_mode(net):
             if self.rule == "l2rw":
-                w = l2rw_weights(params, pixel_fn, meta_fn, grad_reducer=_all_reduce_mean if distributed else None,
-                                 sum_reducer=_all_reduce_sum if distributed else None)
+                w = l2rw_weights(params, pixel_fn, meta_fn, grad_reducer=all_reduce_mean if distributed else None,
+                                 sum_reducer=all_reduce_sum if distributed else None)
                 return w * (w.numel() * world)  # Σ_global w·ℓ = mean over the global batch of (N·w)·ℓ
             eta = self.inner_lr if self.inner_lr is not None else float(engine.optimizer.param_groups[0]["lr"])
             grads, _ = weight_net_gradient(loss_map, self.weight_net, params, pixel_fn, meta_fn, eta,
-                                           self.meta_method, grad_reducer=_all_reduce_mean if distributed else None,
+                                           self.meta_method, grad_reducer=all_reduce_mean if distributed else None,
                                            world_size=world)
         self.meta_optimizer.zero_grad(set_to_none=True)
         for p, g in zip(self.weight_net.parameters(), grads):

@@ -7,8 +7,8 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from ..engines.utils import DALEEvents, DALEKeys
-from ..networks import default_feature_layer, is_submodule, resolve_layer, unwrap_model
+from ..engines.dale_events import DALEEvents, DALEKeys
+from ..feature_layers import default_feature_layer, is_submodule, resolve_layer, unwrap_model
 from ..wasserstein import class_conditional_w2, class_indices, resample_labels
 
 __all__ = ["WassersteinAlignment"]
@@ -18,7 +18,7 @@ class WassersteinAlignment:
     """Unstable representation calibration: align the clean fuzzy features with the non-fuzzy ones.
 
     Attached to a DALE trainer, it hooks the INPUT of the network's segmentation head
-    (:func:`dale_monai.networks.default_feature_layer`, or ``feature_layer``) and, per iteration:
+    (:func:`dale_monai.feature_layers.default_feature_layer`, or ``feature_layer``) and, per iteration:
 
     - keeps the features of the real non-fuzzy forward, detached, as F_n (the stable target), with
       the label and the masks M^n, M^f the trainer put in ``engine.state.output``;

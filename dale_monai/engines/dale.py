@@ -25,8 +25,9 @@ from ..meta import (
     network_closures,
     virtual_norm_mode,
 )
-from ..networks import unwrap_model
-from .utils import DALEEvents, DALEKeys
+from ..feature_layers import unwrap_model
+from .dale_events import DALEEvents, DALEKeys
+from ..distributed import all_reduce_mean, is_distributed
 
 __all__ = ["DALETrainer", "MASK_MODES", "NONFINITE_POLICIES", "NORM_STATS", "NonFiniteError"]
 
@@ -42,13 +43,6 @@ class NonFiniteError(FloatingPointError):
 class _SkipBatch(Exception):
     def __init__(self, term: str) -> None:
         self.term = term
-
-
-def _all_reduce_mean(tensors: list[Tensor]) -> None:
-    world = dist.get_world_size()
-    for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(world)
 
 
 class DALETrainer(SupervisedTrainer):
@@ -356,11 +350,11 @@ class DALETrainer(SupervisedTrainer):
             head_call=None if head is None or head_call is None else (head, head_call),
         )
         eta = self.inner_lr if self.inner_lr is not None else float(engine.optimizer.param_groups[0]["lr"])
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
         with virtual_norm_mode(net):
             result = step(
                 loss_map_f, params, fuzzy_map, nonfuzzy_loss, eta,
-                grad_reducer=_all_reduce_mean if distributed else None,
+                grad_reducer=all_reduce_mean if distributed else None,
                 world_size=dist.get_world_size() if distributed else 1,
                 nonfuzzy_grad=nonfuzzy_grad, fuzzy_mask=mask_f,
             )

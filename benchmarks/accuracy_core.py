@@ -48,7 +48,7 @@ from monai.utils import set_determinism  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dale_monai.engines import DALETrainer  # noqa: E402
-from dale_monai.engines.utils import DALEKeys  # noqa: E402
+from dale_monai.engines.dale_events import DALEKeys  # noqa: E402
 from dale_monai.handlers import WassersteinAlignment  # noqa: E402
 from dale_monai.losses import DALELoss  # noqa: E402
 from dale_monai.meta import OmegaMetaStep  # noqa: E402

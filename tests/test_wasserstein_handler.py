@@ -17,7 +17,7 @@ from monai.networks.nets import (
 from monai.utils import CommonKeys as Keys
 from torch import nn
 
-from dale_monai.engines.utils import DALEEvents, DALEKeys
+from dale_monai.engines.dale_events import DALEEvents, DALEKeys
 from dale_monai.handlers.wasserstein import WassersteinAlignment
 from dale_monai.feature_layers import default_feature_layer, resolve_layer, unwrap_model
 from dale_monai.wasserstein import class_conditional_w2, class_indices, resample_labels

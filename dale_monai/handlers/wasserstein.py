@@ -115,7 +115,7 @@ class WassersteinAlignment:
         """Register the handler's event callbacks on a DALE trainer.
 
         Args:
-            engine: a trainer firing :class:`dale_monai.engines.utils.DALEEvents`, with a ``network``.
+            engine: a trainer firing :class:`dale_monai.engines.dale_events.DALEEvents`, with a ``network``.
         """
         handlers = (
             (Events.STARTED, self._install),

@@ -14,7 +14,7 @@ from .io import DataPrepError
 __all__ = ["MODULES", "build_parser", "main"]
 
 #: every command module; each exposes ``add_parser(subparsers) -> None``
-MODULES = (*COMMAND_MODULES, "data_prep.synthetic", "data_prep.noise", "data_prep.check")
+MODULES = (*COMMAND_MODULES, "data_prep.synthetic", "data_prep.noise", "data_prep.check", "data_prep.corrections")
 
 
 def build_parser() -> argparse.ArgumentParser:

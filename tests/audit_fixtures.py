@@ -18,10 +18,13 @@ def disk(rows: int, cols: int, cy: float, cx: float, r: float) -> np.ndarray:
     return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
 
 
-def make_dataset(root: Path, n: int = 12, corrupt: dict[int, str] | None = None, seed: int = 0) -> Path:
+def make_dataset(root: Path, n: int = 12, corrupt: dict[int, str] | None = None, seed: int = 0,
+                 twins: dict[int, int] | None = None) -> Path:
     """``n`` cases ``case<i>.png`` with labels ``case<i>_mask.png`` (0/1); ``corrupt`` maps a case index to
-    ``"shift"`` (the label disk moved off the lesion) or ``"empty"``. Returns the datalist path."""
+    ``"shift"`` (the label disk moved off the lesion) or ``"empty"``; ``twins`` maps a case index to an earlier
+    one whose image (and clean label) it repeats. Returns the datalist path."""
     rng = np.random.default_rng(seed)
+    made: dict[int, tuple] = {}
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "labels").mkdir(parents=True, exist_ok=True)
     entries = []
@@ -30,6 +33,9 @@ def make_dataset(root: Path, n: int = 12, corrupt: dict[int, str] | None = None,
         mask = disk(ROWS, COLS, cy, cx, r)
         img = np.where(mask > 0, rng.integers(180, 255, mask.shape), rng.integers(0, 70, mask.shape))
         img.reshape(-1)[:2] = (0, 255)
+        if twins and i in twins:
+            mask, img, cx = made[twins[i]]
+        made[i] = (mask, img, cx)
         label = mask.copy()
         kind = (corrupt or {}).get(i)
         if kind == "shift":

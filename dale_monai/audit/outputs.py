@@ -121,26 +121,23 @@ def suspect_overlay(image: np.ndarray, label: np.ndarray, suspected: np.ndarray)
 
 
 def write_contact_sheet(path: Path, pictures: Sequence[np.ndarray], titles: Sequence[str], columns: int = 5,
-                        overwrite: bool = False) -> Path:
-    """The overlays of the worst cases in one PNG, a grid of ``columns`` panels with titles (matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+                        tile: int = 192, overwrite: bool = False) -> Path:
+    """The overlays of the worst cases in one PNG: a grid of ``columns`` panels, each scaled to fit ``tile`` pixels
+    and captioned with its title (PIL only; no plotting library needed)."""
+    from PIL import Image, ImageDraw
 
     n = max(1, len(pictures))
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, pic, title in zip(axes.ravel(), pictures, titles):
-        ax.imshow(pic)
-        ax.set_title(title, fontsize=8)
-    fig.suptitle("label audit: worst cases (green label, red suspected pixels)", fontsize=10)
-    fig.tight_layout()
+    caption = 14
+    sheet = Image.new("RGB", (cols * tile, rows * (tile + caption)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (pic, title) in enumerate(zip(pictures, titles)):
+        img = Image.fromarray(np.asarray(pic, dtype=np.uint8))
+        img.thumbnail((tile, tile))
+        x, y = (k % cols) * tile, (k // cols) * (tile + caption)
+        sheet.paste(img, (x + (tile - img.width) // 2, y + caption + (tile - img.height) // 2))
+        draw.text((x + 2, y + 1), title[:40], fill=(0, 0, 0))
     with atomic_path(path, overwrite=overwrite) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+        sheet.save(tmp, format="PNG")
     return path
-

@@ -48,7 +48,7 @@ OVERRIDES = {"spatial_size": [96, 96], "network_def#channels": [8, 16, 32, 64], 
              "network_def#num_res_units": 1, "batch_size": 8, "learning_rate": 1e-3, "dale#patch_size": 8,
              "val_interval": 1000, "device": "$torch.device('cpu')"}
 ARMS = {"standard": ["plain_train.json"], "dale": []}
-SIGNALS = ("cleanlab", "cleanlab_issues", "partition", "loss", "omega", "combined")
+SIGNALS = ("cleanlab", "cleanlab_issues", "disagreement", "partition", "loss", "omega", "combined")
 PIXEL_MAPS = ("cleanlab", "partition", "mean")
 
 
@@ -151,7 +151,7 @@ def write_report(path: Path, results: dict, args: argparse.Namespace, command: s
         lines.append("")
     lines += ["Suspected pixels: cleanlab's `find_label_issues` mask for `cleanlab`, M^f >= 0.9 for `partition`; "
               "`mean` is the average of the two maps (AUC only). `combined` ranks cases by the rank average of "
-              "the default signals (cleanlab, cleanlab_issues, loss, omega where present).", ""]
+              "the default signals (cleanlab, cleanlab_issues, disagreement, loss, omega where present).", ""]
     path.write_text("\n".join(lines))
 
 

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=0, help="seed of the folds and of their training (default 0)")
     a.add_argument("--signals", default=None,
                    help="comma-separated case signals combined into the score (default: cleanlab,cleanlab_issues,"
-                        "loss,omega where available; partition is reported only)")
+                        "disagreement,loss,omega where available; partition is reported only)")
     a.add_argument("--pixel-signals", default="cleanlab",
                    help="comma-separated per-pixel maps averaged into the suspicion map: cleanlab, partition "
                         "(default cleanlab)")

@@ -19,7 +19,8 @@ from ..predict.overlay import write_overlay
 from .cross_validation import AuditConfigError, BundleTraining, out_of_fold_probabilities
 from .outputs import (AUDIT_CSV, CONTACT_SHEET, REVIEW_DATALIST, MapWriter, suspect_overlay, write_contact_sheet,
                       write_review_datalist, write_table)
-from .signals import (CASE_SIGNALS, DEFAULT_COMBINED, agreeing_signals, cleanlab_signals, combine_pixel_maps, partition_signal,
+from .signals import (CASE_SIGNALS, DEFAULT_COMBINED, agreeing_signals, cleanlab_signals, combine_pixel_maps,
+                      disagreement_signal, partition_signal,
                       rank_average, stats_signals)
 
 __all__ = ["AuditInputError", "AuditResult", "LabelAudit", "training_cases"]
@@ -264,6 +265,7 @@ class LabelAudit:
         signals: dict[str, np.ndarray] = {}
         signals["cleanlab"], pixel_cl, issues = cleanlab_signals(labels, prob_list)
         signals["cleanlab_issues"] = np.asarray([float(m.mean()) for m in issues])
+        signals["disagreement"] = disagreement_signal(labels, prob_list)
         signals["partition"] = partition_signal(mask_f)
         if stats_files:
             signals.update(stats_signals(names, summarise_case_stats(read_case_stats(stats_files))))

@@ -5,6 +5,11 @@ Every case-level signal is a *suspicion*: higher means the label is more likely 
 - ``cleanlab``: 1 - cleanlab's label-quality score of the case (``cleanlab.segmentation.rank``, ``softmin`` of the
   per-pixel self-confidence p[label]) from out-of-fold probabilities; per pixel 1 - p[label]; the pixels
   ``cleanlab.segmentation.filter.find_label_issues`` flags (confident learning) are the suspected pixels.
+- ``disagreement``: 1 - the Dice overlap of the out-of-fold prediction (argmax) with the label, averaged over
+  the foreground classes either has: the model-versus-label disagreement used for segmentation quality control
+  (Robinson et al., "Automated quality control in image segmentation", J. Cardiovasc. Magn. Reson. 2019).
+  Unlike pixel counts it is relative to the size of the structure, so a large lesion's uncertain rim does not
+  outweigh a small lesion's wrong outline.
 - ``partition``: DALE's fuzzy mask M^f (paper Eqs. 3-6; :class:`dale_monai.transforms.FuzzyPartition`) of the
   image and its label, per pixel; per case its mean.
 - ``loss``: the mean per-case training loss over the run (:class:`dale_monai.handlers.CaseStatsHandler`).
@@ -18,15 +23,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CASE_SIGNALS", "DEFAULT_COMBINED", "PIXEL_SIGNALS", "cleanlab_signals", "partition_signal", "stats_signals",
+__all__ = ["CASE_SIGNALS", "DEFAULT_COMBINED", "PIXEL_SIGNALS", "cleanlab_signals", "disagreement_signal", "partition_signal", "stats_signals",
            "rank_average", "percentile_ranks", "agreeing_signals", "combine_pixel_maps"]
 
 #: case-level signals, in report order
-CASE_SIGNALS = ("cleanlab", "cleanlab_issues", "partition", "loss", "omega")
+CASE_SIGNALS = ("cleanlab", "cleanlab_issues", "disagreement", "partition", "loss", "omega")
 #: the signals combined by default. ``partition`` is reported but not combined: M^f is min-max normalised within
 #: each image (DALE Eq. 5), so its mean is about the same for every case by construction; it locates hard pixels
 #: inside a case rather than ranking cases
-DEFAULT_COMBINED = ("cleanlab", "cleanlab_issues", "loss", "omega")
+DEFAULT_COMBINED = ("cleanlab", "cleanlab_issues", "disagreement", "loss", "omega")
 #: signals that also give a per-pixel map
 PIXEL_SIGNALS = ("cleanlab", "partition")
 
@@ -79,6 +84,22 @@ def cleanlab_signals(labels: Sequence[np.ndarray], probs: Sequence[np.ndarray], 
         issues.append(issues_all[start:start + fl.size].reshape(lab.shape))
         start += fl.size
     return np.asarray(suspicion), pixel, issues
+
+
+def disagreement_signal(labels: Sequence[np.ndarray], probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Per case, 1 - the mean Dice of the predicted classes (argmax of ``probs`` ``(K, *grid)``) with the label
+    ``(*grid)`` over the foreground classes present in either (0 when neither has foreground)."""
+    out = []
+    for lab, p in zip(labels, probs):
+        pred = np.argmax(p, axis=0)
+        dices = []
+        for c in range(1, p.shape[0]):
+            a, b = pred == c, lab == c
+            total = a.sum() + b.sum()
+            if total:
+                dices.append(2.0 * (a & b).sum() / total)
+        out.append(1.0 - float(np.mean(dices)) if dices else 0.0)
+    return np.asarray(out)
 
 
 def partition_signal(mask_f: Sequence[np.ndarray]) -> np.ndarray:

@@ -22,6 +22,8 @@ from dale_monai.predict import CheckpointError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CORRUPT, TWIN = 3, 2  # case03 repeats case02's image with its label disk moved off the lesion
+#: for the tests that check bookkeeping, not ranking: two epochs per fold
+QUICK = {**TINY, "num_epochs": 2}
 
 
 def _audit(bundle: Path, **kw) -> LabelAudit:
@@ -111,7 +113,7 @@ def test_out_of_fold_discipline(tmp_path, monkeypatch):
 
     monkeypatch.setattr(BundleTraining, "train", spy_train)
     monkeypatch.setattr(BundleTraining, "predict", staticmethod(spy_predict))
-    result = _audit(bundle).run(datalist, tmp_path / "out")
+    result = _audit(bundle, overrides=QUICK).run(datalist, tmp_path / "out")
     assert len(trained_on) == len(predicted) == 3
     for seen, scored in zip(trained_on, predicted):
         assert not seen & scored
@@ -126,22 +128,22 @@ def test_out_of_fold_discipline(tmp_path, monkeypatch):
 def test_resume_across_folds(tmp_path, monkeypatch):
     datalist = make_dataset(tmp_path / "data", n=9)
     bundle = bundle_copy(tmp_path)
-    first = _audit(bundle).run(datalist, tmp_path / "out")
+    first = _audit(bundle, overrides=QUICK).run(datalist, tmp_path / "out")
     with pytest.raises(FileExistsError, match="--overwrite"):
-        _audit(bundle).run(datalist, tmp_path / "out")
+        _audit(bundle, overrides=QUICK).run(datalist, tmp_path / "out")
     # an interrupted run: fold 1 never finished
     (tmp_path / "out" / "folds" / "fold1" / "fold.json").unlink()
     calls = []
     train = BundleTraining.train
     monkeypatch.setattr(BundleTraining, "train", lambda self, p, s=None: calls.append(1) or train(self, p, s))
-    again = _audit(bundle).run(datalist, tmp_path / "out", overwrite=True)
+    again = _audit(bundle, overrides=QUICK).run(datalist, tmp_path / "out", overwrite=True)
     assert len(calls) == 1  # folds 0 and 2 were reused
     assert [r["case"] for r in again.rows] == [r["case"] for r in first.rows]
     np.testing.assert_allclose([r["score"] for r in again.rows], [r["score"] for r in first.rows])
     # folds of another configuration are refused, not silently mixed
     (tmp_path / "out" / "audit.csv").unlink()
     with pytest.raises(AuditConfigError, match="another configuration"):
-        _audit(bundle, overrides={**TINY, "num_epochs": 2}).run(datalist, tmp_path / "out")
+        _audit(bundle, overrides={**QUICK, "num_epochs": 3}).run(datalist, tmp_path / "out")
 
 
 def test_nifti_inputs_give_nifti_maps_with_their_header(tmp_path):
@@ -203,7 +205,7 @@ def test_command_line(tmp_path, capsys):
     args = ["audit", "--bundle", str(bundle), "--datalist", str(datalist), "--output", str(tmp_path / "out"),
             "--config", "plain_train.json", "--folds", "2", "--worst", "2", "--no-progress",
             "--override", f"network_def={json.dumps(THRESHOLD_NET)}"]
-    for key, value in TINY.items():
+    for key, value in QUICK.items():
         if key != "network_def":
             args += [f"--{key}", json.dumps(value)]
     assert main(args) == 0

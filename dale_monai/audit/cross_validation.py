@@ -181,8 +181,9 @@ def out_of_fold_probabilities(training: BundleTraining, cases: Sequence[dict], o
     result.fold_of, result.stats_files = {}, []
     bar = tqdm(range(folds), desc="audit folds", unit="fold", disable=not progress)
     for k in bar:
+        held_idx = set(parts[k].tolist())
         held = [cases[i] for i in parts[k]]
-        train = [cases[i] for i in range(len(cases)) if i not in set(parts[k].tolist())]
+        train = [cases[i] for i in range(len(cases)) if i not in held_idx]
         record = {"fold": k, "folds": folds, "seed": seed, "config": training.fingerprint(),
                   "config_files": training.files, "overrides": training.overrides,
                   "held_out": [c["case"] for c in held], "trained_on": [c["case"] for c in train],

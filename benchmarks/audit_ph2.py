@@ -167,11 +167,19 @@ def covid_figure(out_dir: Path, work: Path, src: Path, args: argparse.Namespace)
     out_dir = out_dir.resolve()
     if out_dir == REPO or REPO in out_dir.parents:
         raise SystemExit(f"--covid-figure {out_dir}: pictures of COVID-SemiSeg must stay outside the repository")
-    datalist = prepare_dataset("covid_pseudo", src, work)
+    full = prepare_dataset("covid_pseudo", src, work)
+    doc = json.loads(full.read_text())
+    keep = np.sort(np.random.default_rng(0).permutation(len(doc["training"]))[: args.covid_subset])
+    root = full.parent
+    absolute = (lambda e: {k: str((root / e[k]).resolve()) for k in ("image", "label")})
+    datalist = work / f"covid_pseudo_subset{args.covid_subset}.json"
+    datalist.write_text(json.dumps({"training": [absolute(doc["training"][i]) for i in keep],
+                                    "validation": [absolute(e) for e in doc.get("validation", [])]}))
     audit = LabelAudit(REPO / "bundles" / "covid_semiseg_unet", configs=["plain_train.json"],
-                       overrides={**OVERRIDES, "num_epochs": args.epochs, "in_channels": 1}, folds=args.folds,
-                       seed=args.seed, worst=10, progress=True)
-    result = audit.run(datalist, work / "audit_covid_pseudo", overwrite=args.overwrite)
+                       overrides={**OVERRIDES, "num_epochs": args.epochs}, folds=args.folds,
+                       seed=args.seed, worst=10, progress=False)
+    result = audit.run(datalist, work / f"audit_covid_pseudo_subset{args.covid_subset}_e{args.epochs}_f{args.folds}",
+                       overwrite=True)
     rows = result.rows
     fig, axes = plt.subplots(3, 10, figsize=(20, 7))
     for j, row in enumerate(rows[:10] + rows[-10:]):
@@ -189,6 +197,12 @@ def covid_figure(out_dir: Path, work: Path, src: Path, args: argparse.Namespace)
     fig.tight_layout()
     fig.savefig(out_dir / "covid_pseudo_audit.png", dpi=90)
     print(f"wrote {out_dir / 'covid_pseudo_audit.png'}")
+    scores = np.asarray([r["score"] for r in rows])
+    summary = {"n_cases": len(rows), "score_quantiles": dict(zip(["min", "p10", "p25", "median", "p75", "p90", "max"],
+                                                                np.quantile(scores, [0, .1, .25, .5, .75, .9, 1]).tolist())),
+               "suspected_pixel_fraction_median": float(np.median([r["suspected_pixel_fraction"] for r in rows])),
+               "worst10": [r["case"] for r in rows[:10]], "best10": [r["case"] for r in rows[-10:]]}
+    print(json.dumps(summary, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace finished audits")
     parser.add_argument("--covid-figure", default=None, metavar="DIR",
                         help="instead: audit the COVID pseudo-labels and write the figure into DIR (outside git)")
+    parser.add_argument("--covid-subset", type=int, default=200,
+                        help="pseudo-labelled training slices audited (drawn with seed 0; default 200 of 1,600)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     work, src = Path(args.work), data_dir(args.data_dir)

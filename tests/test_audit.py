@@ -175,6 +175,24 @@ def test_nifti_inputs_give_nifti_maps_with_their_header(tmp_path):
         np.testing.assert_allclose(m.affine, affine, atol=1e-4)
 
 
+def test_case_stats_of_another_run_are_a_signal(tmp_path):
+    """A CaseStatsHandler CSV of an earlier training run (cases named by image path) gives the loss signal."""
+    datalist = make_dataset(tmp_path / "data", n=4)
+    bundle = bundle_copy(tmp_path)
+    torch.save(torch.nn.Conv2d(1, 1, 1).state_dict(), tmp_path / "w.pt")
+    stats = tmp_path / "stats.csv"
+    rows = ["case,epoch,iteration,loss,omega_mean,omega_below_1"]
+    for i in range(4):
+        image = tmp_path / "data" / "images" / f"case{i:02d}.png"
+        rows += [f"{image},1,1,{0.1 * i},{1 - 0.1 * i},0.5", f"{image},2,2,{0.1 * i + 0.2},{1 - 0.1 * i},0.5"]
+    stats.write_text("\n".join(rows) + "\n")
+    result = _audit(bundle, folds=0, checkpoint=str(tmp_path / "w.pt"), case_stats=[str(stats)]).run(
+        datalist, tmp_path / "out")
+    np.testing.assert_allclose(result.signals["loss"], [0.1, 0.2, 0.3, 0.4])
+    np.testing.assert_allclose(result.signals["omega"], [0.0, 0.1, 0.2, 0.3], atol=1e-9)
+    assert "loss" in json.loads((tmp_path / "out" / "audit.json").read_text())["settings"]["signals_combined"]
+
+
 def test_bad_inputs_name_the_file(tmp_path):
     bundle = bundle_copy(tmp_path)
     datalist = make_dataset(tmp_path / "data", n=6)
@@ -197,6 +215,8 @@ def test_bad_inputs_name_the_file(tmp_path):
         _audit(bundle, folds=1)
     with pytest.raises(AuditConfigError, match="unknown signal"):
         _audit(bundle, signals=["magic"])
+    with pytest.raises(AuditConfigError, match="pixel signals"):
+        _audit(bundle, pixel_signals=["magic"])
 
 
 def test_command_line(tmp_path, capsys):

@@ -19,9 +19,8 @@ from ..predict.overlay import write_overlay
 from .cross_validation import AuditConfigError, BundleTraining, out_of_fold_probabilities
 from .outputs import (AUDIT_CSV, CONTACT_SHEET, REVIEW_DATALIST, MapWriter, suspect_overlay, write_contact_sheet,
                       write_review_datalist, write_table)
-from .signals import (CASE_SIGNALS, DEFAULT_COMBINED, agreeing_signals, cleanlab_signals, combine_pixel_maps,
-                      disagreement_signal, partition_signal,
-                      rank_average, stats_signals)
+from .signals import (CASE_SIGNALS, DEFAULT_COMBINED, PIXEL_SIGNALS, agreeing_signals, cleanlab_signals,
+                      combine_pixel_maps, disagreement_signal, partition_signal, rank_average, stats_signals)
 
 __all__ = ["AuditInputError", "AuditResult", "LabelAudit", "training_cases"]
 
@@ -159,6 +158,9 @@ class LabelAudit:
         unknown = [s for s in (signals or ()) if s not in CASE_SIGNALS]
         if unknown:
             raise AuditConfigError(f"unknown signal(s) {unknown}; choose among {list(CASE_SIGNALS)}")
+        bad_maps = [s for s in pixel_signals if s not in PIXEL_SIGNALS]
+        if bad_maps or not pixel_signals:
+            raise AuditConfigError(f"pixel signals {list(pixel_signals)}: choose among {list(PIXEL_SIGNALS)}")
         if not 0 < agree_fraction <= 1:
             raise AuditConfigError(f"agree_fraction must be in (0, 1], got {agree_fraction}")
         self.training = BundleTraining(bundle, configs, overrides, device)
@@ -268,7 +270,12 @@ class LabelAudit:
         signals["disagreement"] = disagreement_signal(labels, prob_list)
         signals["partition"] = partition_signal(mask_f)
         if stats_files:
-            signals.update(stats_signals(names, summarise_case_stats(read_case_stats(stats_files))))
+            # the folds name cases by ``case``; another run's handler by the image path (its meta data)
+            by_path = {str(Path(c["image"]).resolve()): c["case"] for c in cases}
+            records = read_case_stats(stats_files)
+            for r in records:
+                r["case"] = by_path.get(str(Path(r["case"]).resolve()), r["case"]) if os.sep in r["case"] else r["case"]
+            signals.update(stats_signals(names, summarise_case_stats(records)))
         use = [s for s in (self.signals or DEFAULT_COMBINED) if s in signals]
         missing = [s for s in (self.signals or []) if s not in signals]
         if missing:

@@ -89,16 +89,15 @@ class MapWriter:
     def write(self, inverted: Any, out_dir: Path, name: str, overwrite: bool = False) -> Path:
         """Write an inverted map as ``<name>_suspicion.<png|nii.gz>`` in ``out_dir`` (staged, then renamed)."""
         import torch
+        from monai.data import MetaTensor
 
         from ..bundle_transforms import SaveMaskd
 
         stage = Path(tempfile.mkdtemp(prefix=".maps-", dir=out_dir))
         try:
-            values = torch.clamp(torch.as_tensor(inverted) * 255.0, 0, 255).round()
-            inverted = inverted.clone() if hasattr(inverted, "clone") else inverted
-            inverted.data = values.to(inverted.dtype) if hasattr(inverted, "data") else values
+            scaled = torch.clamp(torch.as_tensor(inverted).float() * 255.0, 0, 255).round()
             SaveMaskd(keys="map", output_dir=str(stage), output_postfix="suspicion", output_dtype=np.uint8,
-                      print_log=False)({"map": inverted})
+                      print_log=False)({"map": MetaTensor(scaled, meta=dict(inverted.meta))})
             written = [p for p in stage.iterdir() if p.is_file()]
             if len(written) != 1:
                 raise RuntimeError(f"the map writer wrote {len(written)} files for case {name} (expected 1)")

@@ -297,7 +297,8 @@ class LabelAudit:
                    "agreeing_signals": ";".join(agree[i]), "fold": fold_of.get(names[i], "")}
             for s in CASE_SIGNALS:
                 row[f"{s}_suspicion"] = float(signals[s][i]) if s in signals else math.nan
-            row.update({"image": cases[i]["image"], "label": cases[i]["label"]})
+            row.update({"image": str(Path(cases[i]["image"]).resolve()),
+                        "label": str(Path(cases[i]["label"]).resolve())})
             rows.append(row)
         result = AuditResult(rows, signals, combined, pixel_maps, dict(zip(names, issues)),
                              dict(zip(names, labels)), cases, fold_of)
@@ -325,7 +326,8 @@ class LabelAudit:
                 pictures.append(pic)
                 titles.append(f"{rank}. {names[i]}  score {1 - combined[i]:.3f}")
                 review.append({"case": names[i], "rank": rank, "score": 1.0 - float(combined[i]),
-                               "image": case["image"], "label": case["label"], "suspicion_map": str(path)})
+                               "image": rows[rank - 1]["image"], "label": rows[rank - 1]["label"],
+                               "suspicion_map": str(path)})
         result.outputs["contact_sheet"] = str(write_contact_sheet(out / CONTACT_SHEET, pictures, titles,
                                                                   overwrite=overwrite))
         result.outputs["review_datalist"] = str(write_review_datalist(out / REVIEW_DATALIST, review,

@@ -127,11 +127,18 @@ def _fmt(x: float) -> str:
     return "–" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.3f}"
 
 
-def write_report(path: Path, results: dict, args: argparse.Namespace, command: str) -> None:
+def code_commit() -> str:
+    """The checked-out commit, with ``+changes`` when tracked files differ from it (read when the run starts)."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    return commit + ("+changes" if dirty else "")
+
+
+def write_report(path: Path, results: dict, args: argparse.Namespace, command: str, commit: str) -> None:
     lines = ["# Label audit on PH2 with injected noise", "",
-             f"Command: `{command}`  ", f"Commit: `{commit}` (code of the run; the numbers below are measured)  ",
+             f"Command: `{command}`  ", f"Commit: `{commit}` (checked out when the run started; the numbers below are measured)  ",
              f"Data: PH2 seed-0 split, training cases corrupted by `data_prep noise --protocol dilate_erode --k {args.k}"
              f" --fraction {args.fraction} --seed {args.seed}`; bundle `ph2_unet` with overrides `{json.dumps(OVERRIDES)}`"
              f", {args.epochs} epochs per fold, {args.folds} folds, 1 CPU thread.", ""]
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.covid_figure:
         covid_figure(Path(args.covid_figure), work, src, args)
         return 0
+    commit = code_commit()
     datalist = _noisy_dataset(work, src, args.k, args.fraction, args.seed)
     command = "python benchmarks/audit_ph2.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = {}
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     res = Path(args.results)
     res.parent.mkdir(parents=True, exist_ok=True)
     res.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    write_report(res.with_suffix(".md"), results, args, command)
+    write_report(res.with_suffix(".md"), results, args, command, commit)
     print(f"wrote {res.with_suffix('.md')}")
     return 0
 

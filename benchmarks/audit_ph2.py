@@ -111,9 +111,11 @@ def evaluate(result, datalist: Path, bundle: Path, configs: list[str]) -> dict:
     for m in PIXEL_MAPS:
         out["pixel"][m] = {"auc": float(roc_auc_score(wrong_all, np.concatenate(maps[m])))}
     p, r = _pr(np.concatenate(flagged), wrong_all)
-    out["pixel"]["cleanlab"].update({"precision": p, "recall": r, "flagged_fraction": float(np.concatenate(flagged).mean())})
+    out["pixel"]["cleanlab"].update({"precision": p, "recall": r,
+                                     "flagged_fraction": float(np.concatenate(flagged).mean())})
     p, r = _pr(np.concatenate(fuzzy), wrong_all)
-    out["pixel"]["partition"].update({"precision": p, "recall": r, "flagged_fraction": float(np.concatenate(fuzzy).mean())})
+    out["pixel"]["partition"].update({"precision": p, "recall": r,
+                                      "flagged_fraction": float(np.concatenate(fuzzy).mean())})
     out["wrong_pixel_fraction"] = float(wrong_all.mean())
     # pixel AUC inside the corrupted cases only: locating the error once the case is found
     idx = np.flatnonzero(truth)
@@ -138,9 +140,11 @@ def code_commit() -> str:
 
 def write_report(path: Path, results: dict, args: argparse.Namespace, command: str, commit: str) -> None:
     lines = ["# Label audit on PH2 with injected noise", "",
-             f"Command: `{command}`  ", f"Commit: `{commit}` (checked out when the run started; the numbers below are measured)  ",
-             f"Data: PH2 seed-0 split, training cases corrupted by `data_prep noise --protocol dilate_erode --k {args.k}"
-             f" --fraction {args.fraction} --seed {args.seed}`; bundle `ph2_unet` with overrides `{json.dumps(OVERRIDES)}`"
+             f"Command: `{command}`  ",
+             f"Commit: `{commit}` (checked out when the run started; the numbers below are measured)  ",
+             f"Data: PH2 seed-0 split, training cases corrupted by `data_prep noise --protocol dilate_erode --k "
+             f"{args.k} --fraction {args.fraction} --seed {args.seed}`; bundle `ph2_unet` with overrides "
+             f"`{json.dumps(OVERRIDES)}`"
              f", {args.epochs} epochs per fold, {args.folds} folds, 1 CPU thread.", ""]
     for arm, res in results.items():
         ev = res["eval"]
@@ -205,8 +209,9 @@ def covid_figure(out_dir: Path, work: Path, src: Path, args: argparse.Namespace)
     fig.savefig(out_dir / "covid_pseudo_audit.png", dpi=90)
     print(f"wrote {out_dir / 'covid_pseudo_audit.png'}")
     scores = np.asarray([r["score"] for r in rows])
-    summary = {"n_cases": len(rows), "score_quantiles": dict(zip(["min", "p10", "p25", "median", "p75", "p90", "max"],
-                                                                np.quantile(scores, [0, .1, .25, .5, .75, .9, 1]).tolist())),
+    quantiles = np.quantile(scores, [0, .1, .25, .5, .75, .9, 1]).tolist()
+    summary = {"n_cases": len(rows),
+               "score_quantiles": dict(zip(["min", "p10", "p25", "median", "p75", "p90", "max"], quantiles)),
                "suspected_pixel_fraction_median": float(np.median([r["suspected_pixel_fraction"] for r in rows])),
                "worst10": [r["case"] for r in rows[:10]], "best10": [r["case"] for r in rows[-10:]]}
     print(json.dumps(summary, indent=1))

@@ -28,7 +28,8 @@ def kfold_indices(n_cases: int, n_folds: int, seed: int = 0) -> list[np.ndarray]
         ValueError: when ``n_folds`` is below 2 or above ``n_cases``.
     """
     if n_folds < 2:
-        raise ValueError(f"folds must be at least 2 (a case must be scored by a model trained without it), got {n_folds}")
+        raise ValueError(f"folds must be at least 2 (a case must be scored by a model trained without it), "
+                         f"got {n_folds}")
     if n_folds > n_cases:
         raise ValueError(f"folds ({n_folds}) must not exceed the number of training cases ({n_cases})")
     order = np.random.default_rng(int(seed)).permutation(n_cases)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..predict.files import atomic_path, safe_join, safe_name
-from ..predict.overlay import overlay_rgb, write_overlay
+from ..predict.overlay import overlay_rgb
 from ..predict.segments import Segment
 
 __all__ = ["AUDIT_CSV", "REVIEW_DATALIST", "CONTACT_SHEET", "write_table", "write_review_datalist",

@@ -23,7 +23,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["CASE_SIGNALS", "DEFAULT_COMBINED", "PIXEL_SIGNALS", "cleanlab_signals", "disagreement_signal", "partition_signal", "stats_signals",
+__all__ = ["CASE_SIGNALS", "DEFAULT_COMBINED", "PIXEL_SIGNALS", "cleanlab_signals", "disagreement_signal",
+           "partition_signal", "stats_signals",
            "rank_average", "percentile_ranks", "agreeing_signals", "combine_pixel_maps"]
 
 #: case-level signals, in report order

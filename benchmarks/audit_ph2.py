@@ -71,8 +71,10 @@ def _pr(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return (tp / pred.sum() if pred.sum() else float("nan")), (tp / truth.sum() if truth.sum() else float("nan"))
 
 
-def evaluate(result, datalist: Path, bundle: Path, configs: list[str]) -> dict:
-    """Case- and pixel-level scores of one audit against the clean reference labels of ``datalist``."""
+def evaluate(result, datalist: Path, bundle: Path, configs: list[str], overrides: dict | None = None) -> dict:
+    """Case- and pixel-level scores of one audit against the clean reference labels of ``datalist`` (the
+    training entries' ``label_clean``), the clean labels taken to the network grid by the bundle's validation
+    preprocessing with ``overrides`` (default :data:`OVERRIDES`)."""
     from sklearn.metrics import roc_auc_score
 
     from dale_monai.audit import BundleTraining
@@ -94,7 +96,8 @@ def evaluate(result, datalist: Path, bundle: Path, configs: list[str]) -> dict:
         out["case"][name] = {"auc": float(roc_auc_score(truth, s)),
                              "precision_at_n": _precision_at(s, truth, int(truth.sum()))}
     # the clean labels on the network grid, through the same validation preprocessing
-    parser = BundleTraining(bundle, configs, OVERRIDES).parser([], [], Path("/nonexistent"), 0)
+    parser = BundleTraining(bundle, configs, OVERRIDES if overrides is None else overrides).parser(
+        [], [], Path("/nonexistent"), 0)
     pre = parser.get_parsed_content("validate#preprocessing")
     wrong, maps, flagged, fuzzy = [], {m: [] for m in PIXEL_MAPS}, [], []
     for c in result.cases:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dale_monai.audit.signals import (agreeing_signals, cleanlab_signals, combine_pixel_maps, disagreement_signal,
-                                      percentile_ranks, rank_average, stats_signals)
+                                      percentile_ranks, rank_average, stats_signals, weak_folds)
 
 
 def _case(rng, wrong: bool = False):
@@ -61,3 +61,11 @@ def test_stats_signals_from_handler_summaries():
     np.testing.assert_allclose(out["loss"], [0.5, 0.1, np.nan])
     np.testing.assert_allclose(out["omega"], [0.2, np.nan, np.nan])
     assert stats_signals(["a"], {"a": {"loss": float("nan"), "omega_mean": float("nan")}}) == {}
+
+
+def test_a_failed_fold_is_named():
+    fold_of = [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    good = [0.05, 0.1, 0.08, 0.07, 0.3, 0.06, 0.09, 0.05, 0.1]
+    assert weak_folds(good, fold_of) == {}  # one bad label is no failed fold
+    failed = good[:6] + [0.6, 0.7, 0.5]
+    assert weak_folds(failed, fold_of) == {2: pytest.approx(0.6)}

@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,8 @@ from .cross_validation import AuditConfigError, BundleTraining, out_of_fold_prob
 from .outputs import (AUDIT_CSV, CONTACT_SHEET, REVIEW_DATALIST, MapWriter, suspect_overlay, write_contact_sheet,
                       write_review_datalist, write_table)
 from .signals import (CASE_SIGNALS, DEFAULT_COMBINED, PIXEL_SIGNALS, agreeing_signals, cleanlab_signals,
-                      combine_pixel_maps, disagreement_signal, partition_signal, rank_average, stats_signals)
+                      combine_pixel_maps, disagreement_signal, partition_signal, rank_average, stats_signals,
+                      weak_folds)
 
 __all__ = ["AuditInputError", "AuditResult", "LabelAudit", "training_cases"]
 
@@ -269,6 +271,12 @@ class LabelAudit:
         signals["cleanlab_issues"] = np.asarray([float(m.mean()) for m in issues])
         signals["disagreement"] = disagreement_signal(labels, prob_list)
         signals["partition"] = partition_signal(mask_f)
+        weak = weak_folds(signals["disagreement"], [fold_of[n] for n in names]) if fold_of else {}
+        for k, value in weak.items():
+            warnings.warn(f"fold {k}: its model disagrees with its cases' labels far more than the other folds' "
+                          f"(median 1 - Dice {value:.2f}); a failed training? Its cases' scores are unreliable: "
+                          f"see {out / 'folds' / f'fold{k}'}, or retrain with more epochs or another seed",
+                          stacklevel=2)
         if stats_files:
             # the folds name cases by ``case``; another run's handler by the image path (its meta data)
             by_path = {str(Path(c["image"]).resolve()): c["case"] for c in cases}
@@ -337,7 +345,7 @@ class LabelAudit:
                     "overrides": self.training.overrides, "folds": self.folds, "seed": self.seed,
                     "checkpoint": self.checkpoint, "signals_combined": use, "pixel_signals": self.pixel_signals,
                     "case_stats": [str(p) for p in stats_files], "agree_fraction": self.agree_fraction,
-                    "datalist": str(Path(datalist).resolve())}
+                    "datalist": str(Path(datalist).resolve()), "weak_folds": weak}
         with atomic_path(out / "audit.json", overwrite=overwrite) as tmp:
             Path(tmp).write_text(json.dumps({"settings": settings, "cases": rows}, indent=1, default=float))
         result.outputs["audit_csv"] = str(write_table(out / AUDIT_CSV, rows, overwrite=overwrite))

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = ["CASE_SIGNALS", "DEFAULT_COMBINED", "PIXEL_SIGNALS", "cleanlab_signals", "disagreement_signal",
-           "partition_signal", "stats_signals",
+           "partition_signal", "weak_folds", "stats_signals",
            "rank_average", "percentile_ranks", "agreeing_signals", "combine_pixel_maps"]
 
 #: case-level signals, in report order
@@ -101,6 +101,32 @@ def disagreement_signal(labels: Sequence[np.ndarray], probs: Sequence[np.ndarray
                 dices.append(2.0 * (a & b).sum() / total)
         out.append(1.0 - float(np.mean(dices)) if dices else 0.0)
     return np.asarray(out)
+
+
+def weak_folds(disagreement: Sequence[float], fold_of: Sequence[int], factor: float = 3.0) -> dict[int, float]:
+    """Folds whose models disagree with their cases' labels far more than the others': a failed fold (a
+    collapsed or diverged model) gives its cases poor probabilities, which no signal can tell from bad labels.
+
+    Args:
+        disagreement: per case, the ``disagreement`` signal (1 - Dice of the out-of-fold prediction).
+        fold_of: per case, the fold that scored it.
+        factor: a fold is weak when its median disagreement exceeds ``factor`` times the median over the cases
+            of the other folds, and 0.2. On the PH2 audits of ``benchmarks/audit_ph2.py`` the folds' medians were
+            0.07-0.27 (a fold holding many of the corrupted cases reaches 0.25) and the one failed fold's 0.57.
+
+    Returns:
+        weak fold -> its median disagreement.
+    """
+    d, f = np.asarray(disagreement, np.float64), np.asarray(fold_of)
+    out = {}
+    for k in np.unique(f):
+        others = d[f != k]
+        if not others.size:
+            continue
+        mine = float(np.median(d[f == k]))
+        if mine > max(factor * float(np.median(others)), 0.2):
+            out[int(k)] = mine
+    return out
 
 
 def partition_signal(mask_f: Sequence[np.ndarray]) -> np.ndarray:

@@ -136,6 +136,8 @@ class Profile:
         noise_levels: protocol-2 levels (radius in pixels of the 256×192 PH2 masks).
         val_points: validation evaluations per run (convergence curves).
         meta_size: cases in the clean meta set of the meta re-weighting arms (:func:`meta_split`).
+        epochs_scale: factor on every dataset's epochs (:meth:`epochs_for`), e.g. ``--set epochs_scale=2`` gives
+            standard training as many optimizer steps as DALE, which takes two per iteration.
         dice_weight: weight of the (per-pixel weighted) Dice term of ``DALELoss`` next to CE.
         dice_batch: compute that Dice term over the whole batch (one value per class, nnU-Net's "batch Dice")
             instead of per image (see BENCHMARKS.md, protocol 1's all-background collapse).
@@ -158,16 +160,23 @@ class Profile:
     noise_levels: tuple[NoiseLevel, ...]
     val_points: int = 10
     meta_size: int = 10
+    epochs_scale: float = 1.0
     dice_weight: float = 1.0
     dice_batch: bool = False
     norm: str = "batch"
     threads: int | None = 1
     device: str = "cpu"
 
+    def epochs_for(self, dataset: str) -> int:
+        """Training epochs of a prepared dataset: ``epochs`` of its kind times ``epochs_scale`` (at least 1)."""
+        return max(1, round(self.epochs[dataset_kind(dataset)] * self.epochs_scale))
+
     def describe(self) -> str:
         net = (f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), "
                f"{self.norm} norm")
         ep = ", ".join(f"{k} {v}" for k, v in self.epochs.items())
+        if self.epochs_scale != 1:
+            ep += f" (each × {self.epochs_scale:g})"
         subset = "all 1,600" if self.covid_subset is None else f"{self.covid_subset} of 1,600 (seed 0)"
         return (
             f"`{self.name}`: {self.size}×{self.size} px, {net}; batch {self.batch}, Adam lr {self.lr:g}; "
@@ -353,9 +362,9 @@ def dataset_kind(dataset: str) -> str:
 def profile_fields(profile: Profile, dataset: str) -> str:
     """The profile's fields one run of ``dataset`` depends on, as JSON (part of the run's cache key)."""
     d = dataclasses.asdict(profile)
-    for k in ("seeds", "noise_levels", "name"):  # none of these changes a single run
+    for k in ("seeds", "noise_levels", "name", "epochs_scale"):  # none of these changes a single run but by epochs
         d.pop(k)
-    d["epochs"] = profile.epochs[dataset_kind(dataset)]
+    d["epochs"] = profile.epochs_for(dataset)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -678,7 +687,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     data = [{k: torch.as_tensor(it[k]) for k in keys} for it in train]
     loader = DataLoader(Dataset(data, transform=_train_transform(cfg, profile, keys)), batch_size=profile.batch,
                         shuffle=True, num_workers=0, drop_last=True)
-    epochs = profile.epochs[dataset_kind(cfg.dataset)]
+    epochs = profile.epochs_for(cfg.dataset)
     opt = torch.optim.Adam(net.parameters(), lr=profile.lr)
     loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight, batch=profile.dice_batch)
     common = dict(device=device, max_epochs=epochs, train_data_loader=loader, network=net, optimizer=opt,

@@ -53,3 +53,12 @@ def test_paradigm_arms_run_and_are_tabled(tmp_path, monkeypatch):
     assert all(0 <= float(r["dice"]) <= 1 and float(r["train_cpu_s"]) > 0 for r in runs)
     versions = {p: ac.code_version(p) for p in ("standard", "mwnet", "l2rw", "coteaching")}
     assert len(set(versions.values())) == 4  # each arm's cached runs depend on its own code
+
+
+def test_epochs_scale_multiplies_every_datasets_epochs_and_enters_the_key():
+    base = ac.PROFILES["long"]
+    scaled = accuracy._profile_with(base, ["epochs_scale=2"])
+    assert scaled.epochs_for("ph2_dilate_erode_k15") == 2 * base.epochs_for("ph2") == 400
+    assert scaled.epochs_for("covid_both") == 90 and "× 2" in scaled.describe()
+    assert ac.profile_fields(base, "ph2") != ac.profile_fields(scaled, "ph2")
+    assert accuracy._profile_with(base, ["epochs_scale=0.001"]).epochs_for("ph2") == 1

@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     from data_prep.synthetic import REALISTIC_SPACING, make_synthetic_dataset
 
     torch.set_num_threads(args.threads)
+    # the code that runs is the code at the start, whatever is committed while it runs
+    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
     cache = args.cache.expanduser().resolve()
     data = cache / f"data_{args.size}x{args.depth}_seed{args.seed}"
     summary = make_synthetic_dataset(data, dims=3, realistic=True, size=args.size, depth=args.depth,
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "environment": {
             "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/resize_vs_sliding.py", *argv]),
-            "commit": _git("rev-parse", "HEAD"),
-            "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "commit": commit,
+            "worktree_dirty": dirty,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch": torch.__version__, "monai": monai.__version__, "threads": torch.get_num_threads(),
         },

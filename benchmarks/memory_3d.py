@@ -100,8 +100,7 @@ def child(args: argparse.Namespace) -> dict:
     trainer.run()
     seconds = time.perf_counter() - start
     out = {"side": side, "variant": variant, "iterations": trainer.state.iteration, "seconds": seconds,
-           "batch_patches": int(trainer.state.batch["image"].shape[0]) if isinstance(trainer.state.batch, dict)
-           else None, "trainer": type(trainer).__name__}
+           "trainer": type(trainer).__name__}
     if cuda:
         torch.cuda.synchronize()
         out.update(method="torch.cuda.max_memory_allocated after reset_peak_memory_stats",

@@ -132,6 +132,8 @@ ARMS: dict[str, dict] = {
     "sce": dict(paradigm="sce", omega=None, wasserstein=False),
     "coteaching": dict(paradigm="coteaching", omega=None, wasserstein=False),
     "trinet": dict(paradigm="trinet", omega=None, wasserstein=False),
+    "mwnet": dict(paradigm="mwnet", omega=None, wasserstein=False),
+    "l2rw": dict(paradigm="l2rw", omega=None, wasserstein=False),
     # CLCS (issue 12; accuracy_paradigms.py)
     "clcs": dict(paradigm="clcs", omega=None, wasserstein=False),
 }

@@ -135,6 +135,9 @@ class Profile:
         seeds: default number of seeds.
         noise_levels: protocol-2 levels (radius in pixels of the 256×192 PH2 masks).
         val_points: validation evaluations per run (convergence curves).
+        meta_size: cases in the clean meta set of the meta re-weighting arms (:func:`meta_split`).
+        epochs_scale: factor on every dataset's epochs (:meth:`epochs_for`), e.g. ``--set epochs_scale=2`` gives
+            standard training as many optimizer steps as DALE, which takes two per iteration.
         dice_weight: weight of the (per-pixel weighted) Dice term of ``DALELoss`` next to CE.
         dice_batch: compute that Dice term over the whole batch (one value per class, nnU-Net's "batch Dice")
             instead of per image (see BENCHMARKS.md, protocol 1's all-background collapse).
@@ -156,16 +159,24 @@ class Profile:
     seeds: int
     noise_levels: tuple[NoiseLevel, ...]
     val_points: int = 10
+    meta_size: int = 10
+    epochs_scale: float = 1.0
     dice_weight: float = 1.0
     dice_batch: bool = False
     norm: str = "batch"
     threads: int | None = 1
     device: str = "cpu"
 
+    def epochs_for(self, dataset: str) -> int:
+        """Training epochs of a prepared dataset: ``epochs`` of its kind times ``epochs_scale`` (at least 1)."""
+        return max(1, round(self.epochs[dataset_kind(dataset)] * self.epochs_scale))
+
     def describe(self) -> str:
         net = (f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), "
                f"{self.norm} norm")
         ep = ", ".join(f"{k} {v}" for k, v in self.epochs.items())
+        if self.epochs_scale != 1:
+            ep += f" (each × {self.epochs_scale:g})"
         subset = "all 1,600" if self.covid_subset is None else f"{self.covid_subset} of 1,600 (seed 0)"
         return (
             f"`{self.name}`: {self.size}×{self.size} px, {net}; batch {self.batch}, Adam lr {self.lr:g}; "
@@ -202,10 +213,16 @@ PROFILES: dict[str, Profile] = {
     "long": Profile("long", 96, (8, 16, 32, 64), (2, 2, 2), 0, 8, 1e-3, 8,
                     {"covid_pseudo": 50, "covid_both": 45, "covid_doctor": 400, "ph2": 200}, 320, 5,
                     (NoiseLevel("dilate_erode", 15),), val_points=25, dice_batch=True, norm="instance"),
+    # the quick profile's budgets (200-720 iterations, 3 seeds) on the long profile's shared configuration (no
+    # residual units, instance norm, batch Dice): the quick profile's own configuration collapses to all-background
+    # on 2 of 5 COVID seeds, which would decide every comparison (issue 14); the paradigm table (issue 11) uses it
+    "short": Profile("short", 96, (8, 16, 32, 64), (2, 2, 2), 0, 8, 1e-3, 8,
+                     {"covid_pseudo": 16, "covid_both": 16, "covid_doctor": 144, "ph2": 20}, 320, 3, _LEVELS_QUICK,
+                     dice_batch=True, norm="instance"),
     # seconds, for the smoke test only: numbers meaningless
     "toy": Profile("toy", 32, (4, 8), (2,), 0, 4, 1e-3, 8,
                    {"covid_pseudo": 1, "covid_both": 1, "covid_doctor": 1, "ph2": 1}, 8, 2, (NoiseLevel("dilate_erode", 3),),
-                   val_points=2),
+                   val_points=2, meta_size=3),
 }
 
 
@@ -270,7 +287,9 @@ class Paradigm:
             diagnostics handler with ``means()`` (or None). ``common`` holds the keyword arguments every MONAI
             trainer takes (device, max_epochs, train_data_loader, network, optimizer, loss_function,
             ``decollate=False``); ``extras`` holds ``make_network`` (a fresh, freshly initialised network of the
-            profile on the device, for paradigms that train several) and ``lr`` (the profile's Adam rate).
+            profile on the device, for paradigms that train several), ``lr`` (the profile's Adam rate) and
+            ``meta_loader`` (a function returning a loader of :func:`meta_split`'s clean cases, batches of the
+            profile's size, no augmentation).
         files: repository paths of the library sources the paradigm uses beyond :data:`CORE_FILES`.
         partition: the training pipeline ends with ``FuzzyPartitiond`` (the run's partition options).
     """
@@ -343,9 +362,9 @@ def dataset_kind(dataset: str) -> str:
 def profile_fields(profile: Profile, dataset: str) -> str:
     """The profile's fields one run of ``dataset`` depends on, as JSON (part of the run's cache key)."""
     d = dataclasses.asdict(profile)
-    for k in ("seeds", "noise_levels", "name"):  # none of these changes a single run
+    for k in ("seeds", "noise_levels", "name", "epochs_scale"):  # none of these changes a single run but by epochs
         d.pop(k)
-    d["epochs"] = profile.epochs[dataset_kind(dataset)]
+    d["epochs"] = profile.epochs_for(dataset)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -441,8 +460,9 @@ def load_split(datalist: Path, section: str, size: int, subset: int | None = Non
         subset: keep this many of the entries under a ``pseudo`` folder (drawn with seed 0), and all others.
 
     Returns:
-        dicts with ``image`` (C, S, S), ``label`` (1, S, S), ``name``, and ``label_clean`` when the entry has
-        one (injected-noise training sets keep the clean label there).
+        dicts with ``image`` (C, S, S), ``label`` (1, S, S), ``name``, ``trusted`` (False for the entries under a
+        ``pseudo`` folder: model-generated labels) and ``label_clean`` when the entry has one (injected-noise
+        training sets keep the clean label there).
     """
     entries = load_decathlon_datalist(str(datalist), data_list_key=section)
     pool = [i for i, e in enumerate(entries) if "pseudo" in Path(e["image"]).parts]
@@ -452,11 +472,34 @@ def load_split(datalist: Path, section: str, size: int, subset: int | None = Non
     items = []
     for e in entries:
         item = {"image": _read_image(e["image"], size), "label": _read_label(e["label"], size),
-                "name": Path(e["image"]).stem}
+                "name": Path(e["image"]).stem, "trusted": "pseudo" not in Path(e["image"]).parts}
         if "label_clean" in e:
             item["label_clean"] = _read_label(e["label_clean"], size)
         items.append(item)
     return items
+
+
+def meta_split(train: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """The clean meta set of a training set: ``n`` of its trusted cases (drawn with ``seed``), with their clean
+    reference label where the set has one (injected noise) and their own label otherwise.
+
+    The profiles use ``n`` = 10 (``Profile.meta_size``): about 12 % of PH2's 84 training cases and a quarter of
+    COVID's 40 radiologist-labelled training slices (MW-Net's CIFAR experiments used 1,000 clean images, 2 %).
+
+    The cases stay in the training set with their training labels, so every arm trains on the same data and the
+    meta re-weighting arms get only the extra knowledge the method needs: which few labels are clean.
+
+    Raises:
+        ValueError: when the training set has fewer than ``n`` trusted cases (e.g. ``covid_pseudo``: only
+            model-generated labels).
+    """
+    pool = [i for i, it in enumerate(train) if it.get("trusted", True) or "label_clean" in it]
+    if len(pool) < n:
+        raise ValueError(f"the meta re-weighting arms need {n} trusted training cases; this training set has "
+                         f"{len(pool)} (model-generated labels are not trusted)")
+    pick = sorted(np.random.default_rng(seed).choice(pool, n, replace=False).tolist())
+    return [{"image": train[i]["image"], "label": train[i].get("label_clean", train[i]["label"]),
+             "name": train[i]["name"]} for i in pick]
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -644,12 +687,17 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
     data = [{k: torch.as_tensor(it[k]) for k in keys} for it in train]
     loader = DataLoader(Dataset(data, transform=_train_transform(cfg, profile, keys)), batch_size=profile.batch,
                         shuffle=True, num_workers=0, drop_last=True)
-    epochs = profile.epochs[dataset_kind(cfg.dataset)]
+    epochs = profile.epochs_for(cfg.dataset)
     opt = torch.optim.Adam(net.parameters(), lr=profile.lr)
     loss = DALELoss(ce_weight=1.0, dice_weight=profile.dice_weight, batch=profile.dice_batch)
     common = dict(device=device, max_epochs=epochs, train_data_loader=loader, network=net, optimizer=opt,
                   loss_function=loss, decollate=False)
-    extras = {"make_network": lambda: _network(profile, in_channels).to(device), "lr": profile.lr}
+    def meta_loader() -> DataLoader:
+        meta = [{k: torch.as_tensor(it[k]) for k in ("image", "label")} for it in meta_split(train, profile.meta_size)]
+        return DataLoader(meta, batch_size=min(profile.batch, len(meta)), shuffle=True, num_workers=0)
+
+    extras = {"make_network": lambda: _network(profile, in_channels).to(device), "lr": profile.lr,
+              "meta_loader": meta_loader}
     trainer, stats = paradigm(cfg.paradigm).build(cfg, common, extras)
     iterations = epochs * len(loader)
     curve = _Curve(net, val, device, every=max(1, iterations // max(1, profile.val_points)))

@@ -9,7 +9,9 @@ network 0 is the one evaluated, as the bundles save it.
 
 Defaults are the library's (``dale_monai.robust_losses``, ``dale_monai.engines``), whose docstrings give their
 sources: GCE q = 0.5 (Zhang & Sabuncu 2018), SCE α = β = 0.5 (Wang et al. 2019), co-teaching keep ratio
-s = 0.85 (PyMIC), TriNet s = 0.9 (PyMIC), ramps from 10 % to 80 % of the run; CLCS (issue 12) with the defaults
+s = 0.85 (PyMIC), TriNet s = 0.9 (PyMIC), ramps from 10 % to 80 % of the run; MW-Net's weight network
+1 → 100 → 1 with Adam 1e-3 (Shu et al. 2019's code) and L2RW (Ren et al. 2018) on a clean meta set of 10
+trusted training cases (``accuracy_core.meta_split``); CLCS (issue 12) with the defaults
 of ``CLCSTrainer`` and ``ClassCurriculum``, most of them this project's choices (the paper's equations were not
 available; see their docstrings).
 """
@@ -24,6 +26,7 @@ from monai.engines import SupervisedTrainer
 from dale_monai.clcs import ClassCurriculum
 from dale_monai.engines.clcs import CLCSKeys, CLCSTrainer
 from dale_monai.engines.coteaching import CoTeachingTrainer
+from dale_monai.engines.mwnet import MetaReweightTrainer
 from dale_monai.engines.trinet import TriNetTrainer
 from dale_monai.robust_losses import GeneralizedCELoss, SymmetricCELoss
 
@@ -66,6 +69,19 @@ def _build_trinet(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None
     nets, opts = _networks(common, extras, 3)
     rest = {k: v for k, v in common.items() if k not in ("network", "optimizer")}
     return TriNetTrainer(networks=nets, optimizers=opts, **rest), None
+
+
+@register_paradigm("mwnet", files=("dale_monai/mwnet.py", "dale_monai/engines/mwnet.py", "dale_monai/meta.py"))
+def _build_mwnet(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """MW-Net: a weight network maps each pixel's loss to its weight, meta-learned on the clean meta set
+    (``accuracy_core.meta_split``: 10 trusted training cases), exact ``jvp`` meta gradient."""
+    return MetaReweightTrainer(**common, meta_data_loader=extras["meta_loader"](), rule="mwnet"), None
+
+
+@register_paradigm("l2rw", files=("dale_monai/mwnet.py", "dale_monai/engines/mwnet.py", "dale_monai/meta.py"))
+def _build_l2rw(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Learning to re-weight: per-pixel weights max(−g, 0) from the clean meta set's gradient, normalised."""
+    return MetaReweightTrainer(**common, meta_data_loader=extras["meta_loader"](), rule="l2rw"), None
 
 
 class _CLCSStats:

@@ -14,10 +14,16 @@ parts of the boundary — the situation DALE targets. ``summary.json`` measures 
 clean per image and overall, the fraction of wrong pixels, and the share of the wrong pixels lying in
 the faint-boundary region against that region's share of the boundary band.
 
+``--realistic`` (3D) draws the same lesion model in millimetres on an anisotropic CT-like grid (default
+256 x 256 x 40 voxels of 0.8 x 0.8 x 2.5 mm, the spacing written in the NIfTI affine): lesions of 2.5-6 mm radius
+whose border is sharp (0.3 mm) in places and fades over 2.5 mm in others, so that resizing a whole volume to a
+small grid loses them and a sliding window at the native spacing does not (``benchmarks/resize_vs_sliding.py``).
+
 Command line (through ``python -m data_prep synthetic``)::
 
     python -m data_prep synthetic --out data/synthetic [--dims 2|3] [--n-train N --n-val N --n-test N]
         [--n-meta N] [--labeled-fraction F] [--size S] [--seed S] [--noise-px P]
+        [--realistic [--depth D] [--spacing X Y Z]]
 
 Outputs: ``images/``, ``labels/`` (clean, 0/1), ``labels_noisy/`` (training only), ``summary.json`` and,
 last, ``datalist.json`` (``training``: ``image``, ``label`` = noisy, ``label_clean``; ``validation`` and
@@ -50,6 +56,7 @@ from .noise import DiceAccumulator
 __all__ = [
     "SyntheticCase",
     "generate_case",
+    "generate_realistic_case",
     "default_settings",
     "default_noise_px",
     "make_synthetic_dataset",
@@ -206,6 +213,92 @@ def generate_case(rng: np.random.Generator | int | None, size: int = 96, dims: i
                          faint=faint, boundary=boundary, n_lesions=n_lesions)
 
 
+#: the realistic 3D option's defaults: a thin-slice CT-like grid (0.8 x 0.8 mm in-plane, 2.5 mm slices)
+REALISTIC_SPACING = (0.8, 0.8, 2.5)
+REALISTIC_SIZE, REALISTIC_DEPTH = 256, 40
+#: lesion radii (mm) and boundary widths (mm) of the realistic option: lesions of a few millimetres whose border
+#: is sharp (0.3 mm) in places and fades over 2.5 mm in others
+REALISTIC_RADIUS_MM = (2.5, 6.0)
+REALISTIC_WIDTH_MM = (0.3, 2.5)
+REALISTIC_NOISE_MM = 1.5
+
+
+def generate_realistic_case(rng: np.random.Generator | int | None, size: int = REALISTIC_SIZE,
+                            depth: int = REALISTIC_DEPTH, spacing: tuple[float, float, float] = REALISTIC_SPACING,
+                            noise_mm: float = REALISTIC_NOISE_MM, n_lesions: int | None = None) -> SyntheticCase:
+    """One anisotropic volume of small lesions with faint borders, defined in millimetres.
+
+    The lesion model is :func:`generate_case`'s (star-shaped blobs, a logistic boundary profile whose width
+    varies with the direction, noisy labels displaced where the boundary is faint) evaluated at the voxel
+    centres in mm, so that lesions of 2.5-6 mm radius span a few voxels in-plane and one to five slices: what
+    resizing a whole CT to a small grid destroys. Texture, a point spread of 0.4 mm in-plane and the slice
+    thickness through-plane, and acquisition noise complete it.
+
+    Args:
+        rng: random generator or seed.
+        size: in-plane side in voxels (the first two axes).
+        depth: number of slices (the third axis).
+        spacing: voxel size in mm, ``(x, y, z)``.
+        noise_mm: largest boundary displacement of the noisy label in the faintest sectors, in mm.
+        n_lesions: number of lesions; default 1 to 4, uniformly.
+
+    Raises:
+        DataPrepError: for a size under 32 voxels, a depth under 8, non-positive spacing or negative noise.
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if size < 32 or depth < 8:
+        raise DataPrepError(f"realistic volumes need size >= 32 and depth >= 8 voxels, got {size} and {depth}")
+    spacing_a = np.asarray(spacing, np.float32)
+    if spacing_a.shape != (3,) or not (spacing_a > 0).all():
+        raise DataPrepError(f"spacing must be three positive mm values, got {spacing}")
+    if noise_mm < 0:
+        raise DataPrepError(f"noise_mm must be non-negative, got {noise_mm}")
+    if n_lesions is None:
+        n_lesions = int(rng.integers(1, 5))
+    shape = (size, size, depth)
+    extent = np.asarray(shape, np.float32) * spacing_a
+    lesion = np.zeros(shape, np.float32)
+    clean, noisy, faint, boundary = (np.zeros(shape, bool) for _ in range(4))
+    w_sharp, w_faint = REALISTIC_WIDTH_MM
+    band = noise_mm + 1.0
+    for _ in range(n_lesions):
+        r0 = rng.uniform(*REALISTIC_RADIUS_MM)
+        reach = 1.35 * r0 + 6 * w_faint + noise_mm  # mm around the centre where the lesion is not yet background
+        centre = rng.uniform(1.35 * r0 + 2 * spacing_a, extent - 1.35 * r0 - 2 * spacing_a).astype(np.float32)
+        lo = np.maximum(np.floor((centre - reach) / spacing_a), 0).astype(int)
+        hi = np.minimum(np.ceil((centre + reach) / spacing_a) + 1, shape).astype(int)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        grid = np.stack(np.meshgrid(*[(np.arange(a, b, dtype=np.float32)) * sp for a, b, sp in
+                                      zip(lo, hi, spacing_a)], indexing="ij"))
+        rel = grid - centre.reshape(3, 1, 1, 1)
+        rad = np.sqrt(np.sum(rel ** 2, axis=0))
+        u = rel / np.maximum(rad, 1e-3)
+        radius = r0 * (1 + 0.3 * np.clip(_direction_field(rng, u, 4, (0.5, 2.5)) / 2, -1, 1))
+        d = rad - radius  # mm
+        faintness = 1 / (1 + np.exp(3 * _direction_field(rng, u, 3, (0.3, 1.5))))
+        width = w_sharp + (w_faint - w_sharp) * faintness
+        contrast = rng.uniform(0.2, 0.35)
+        lesion[box] = np.maximum(lesion[box], contrast / (1 + np.exp(np.clip(d / width, -30, 30))))
+        sign = 1.0 if rng.random() < 0.5 else -1.0
+        direction = np.clip(0.75 * sign + 0.5 * _direction_field(rng, u, 2, (0.3, 1.0)), -1, 1)
+        clean[box] |= d < 0
+        noisy[box] |= d < noise_mm * faintness ** 2 * direction
+        near = np.abs(d) <= band
+        boundary[box] |= near
+        faint[box] |= near & (faintness > 0.5)
+    # texture scales in mm (organ-sized and fine), anisotropic in voxels
+    coarse = tuple(float(v) for v in 12.0 / spacing_a)
+    fine = tuple(float(v) for v in 1.5 / spacing_a)
+    image = 0.25 + 0.05 * _smooth_noise(rng, shape, coarse) + 0.025 * _smooth_noise(rng, shape, fine)
+    image += lesion
+    # point spread: 0.4 mm in-plane, the slice profile through-plane
+    image = ndi.gaussian_filter(image, tuple(float(v) for v in np.array([0.4, 0.4, 0.4 * spacing_a[2]]) / spacing_a))
+    image += 0.03 * rng.standard_normal(shape).astype(np.float32)
+    image = np.clip(image, 0, 1).astype(np.float32)
+    return SyntheticCase(image=image, label=clean.astype(np.uint8), label_noisy=noisy.astype(np.uint8),
+                         faint=faint, boundary=boundary, n_lesions=n_lesions)
+
+
 def _case_rng(seed: int, dims: int, split: int, index: int) -> np.random.Generator:
     # each case has its own stream: changing the split sizes leaves the other cases unchanged
     return np.random.default_rng([seed, dims, split, index])
@@ -214,7 +307,8 @@ def _case_rng(seed: int, dims: int, split: int, index: int) -> np.random.Generat
 def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int | None = None,
                            n_val: int | None = None, n_test: int | None = None, size: int | None = None,
                            seed: int = 0, noise_px: float | None = None, verbose: bool = True,
-                           n_meta: int = 0, labeled_fraction: float | None = None) -> dict:
+                           n_meta: int = 0, labeled_fraction: float | None = None, realistic: bool = False,
+                           depth: int | None = None, spacing: tuple[float, float, float] | None = None) -> dict:
     """Generate the synthetic dataset into ``out`` and return its summary.
 
     Args:
@@ -232,6 +326,12 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         labeled_fraction: keep the labels of this fixed-seed share of the training cases (in (0, 1)) and list the
             other training images in an ``unlabeled`` section without labels (default ``None``: all labelled).
             Only the datalist changes: every file is generated as without it.
+        realistic: 3D only: anisotropic volumes of small lesions with faint borders
+            (:func:`generate_realistic_case`): ``size`` is the in-plane side (default 256), ``depth`` the number of
+            slices (default 40), ``spacing`` the voxel size in mm (default 0.8 x 0.8 x 2.5, written in the NIfTI
+            affine) and ``noise_px`` the largest label displacement in mm (default 1.5).
+        depth: slices of a realistic volume.
+        spacing: voxel size (mm) of a realistic volume.
 
     Returns:
         The content of ``summary.json``.
@@ -240,6 +340,18 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         DataPrepError: bad option, or ``out`` holding a datalist this function did not write.
     """
     defaults = default_settings(dims)
+    if realistic and dims != 3:
+        raise DataPrepError("--realistic makes 3D volumes: use it with --dims 3")
+    if not realistic and (depth is not None or spacing is not None):
+        raise DataPrepError("--depth and --spacing describe --realistic volumes; add --realistic")
+    if realistic:
+        defaults = {**defaults, "size": REALISTIC_SIZE}
+        depth = REALISTIC_DEPTH if depth is None else int(depth)
+        spacing = tuple(float(v) for v in (REALISTIC_SPACING if spacing is None else spacing))
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise DataPrepError(f"--spacing must be three positive mm values, got {spacing}")
+        if noise_px is None:
+            noise_px = REALISTIC_NOISE_MM
     size = defaults["size"] if size is None else int(size)
     counts = {"training": defaults["n_train"] if n_train is None else int(n_train),
               "validation": defaults["n_val"] if n_val is None else int(n_val),
@@ -257,6 +369,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         raise DataPrepError(f"--noise-px must be non-negative, got {noise_px}")
     config = {"generator_version": GENERATOR_VERSION, "dims": dims, "size": size, "counts": counts,
               "seed": int(seed), "noise_px": noise_px}
+    if realistic:  # absent otherwise, so existing datasets stay up to date
+        config["realistic"] = {"depth": depth, "spacing": list(spacing)}
     if labeled_fraction is not None:  # absent when not given, so existing datasets stay up to date
         config["labeled_fraction"] = float(labeled_fraction)
         # checked before anything is written
@@ -281,6 +395,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
 
     start = time.perf_counter()
     ext = ".png" if dims == 2 else ".nii.gz"
+    affine = np.diag([*(spacing if realistic else (1.0, 1.0, 1.0)), 1.0])
+    shape = [size, size, depth] if realistic else [size] * dims
     sections: dict[str, list[dict]] = {}
     label_summaries = {section: LabelSummary() for section, _ in SPLITS if section in counts}
     lesions_per_image: dict[str, int] = {}
@@ -293,17 +409,24 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
         sections[section] = []
         for i in range(counts[section]):
             name = f"{prefix}_{i:03d}"
-            case = generate_case(_case_rng(seed, dims, split_id, i), size=size, dims=dims, noise_px=noise_px)
+            if realistic:
+                case = generate_realistic_case(_case_rng(seed, dims, split_id, i), size=size, depth=depth,
+                                               spacing=spacing, noise_mm=noise_px)
+            else:
+                case = generate_case(_case_rng(seed, dims, split_id, i), size=size, dims=dims, noise_px=noise_px)
             paths = {"image": root / "images" / (name + ext), "label_clean": root / "labels" / (name + ext)}
             if dims == 2:
                 save_png(paths["image"], np.round(case.image * 255).astype(np.uint8))
                 save_png(paths["label_clean"], case.label)
             else:
-                save_nifti(paths["image"], case.image)
-                save_nifti(paths["label_clean"], case.label)
+                save_nifti(paths["image"], case.image, affine)
+                save_nifti(paths["label_clean"], case.label, affine)
             if section == "training":
                 paths["label"] = root / "labels_noisy" / (name + ext)
-                (save_png if dims == 2 else save_nifti)(paths["label"], case.label_noisy)
+                if dims == 2:
+                    save_png(paths["label"], case.label_noisy)
+                else:
+                    save_nifti(paths["label"], case.label_noisy, affine)
                 entry = {"image": paths["image"], "label": paths["label"], "label_clean": paths["label_clean"]}
                 acc.add(name, case.label_noisy, case.label)
                 wrong = case.label_noisy != case.label
@@ -338,17 +461,18 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
     share_wrong = wrong_faint / wrong_total if wrong_total else 0.0
     share_band = faint_px / band_px if band_px else 0.0
     summary = {
-        "name": f"synthetic-{dims}d",
+        "name": f"synthetic-{dims}d" + ("-realistic" if realistic else ""),
         "dims": dims,
-        "size": [size] * dims,
+        "size": shape,
+        **({"spacing_mm": list(spacing)} if realistic else {}),
         "seed": int(seed),
         "counts": counts,
         **({"sections": {k: len(v) for k, v in sections.items()}} if labeled_fraction is not None else {}),
         "lesions_per_image": dict(sorted(lesions_per_image.items())),
         "labels": {s: acc_s.as_dict() for s, acc_s in label_summaries.items()},
         "noise": {
-            "model": "training labels: boundary displaced by up to noise_px pixels times the squared faintness "
-                     "of the boundary sector; validation/test labels are clean",
+            "model": f"training labels: boundary displaced by up to noise_px {'mm' if realistic else 'pixels'} "
+                     "times the squared faintness of the boundary sector; validation/test labels are clean",
             "noise_px": noise_px,
             **noise,
             "wrong_pixels_in_faint_region": share_wrong,
@@ -369,7 +493,7 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
             meta += (f" ({len(sections['training'])} training cases keep their labels, "
                      f"{len(sections[UNLABELED_SECTION])} are listed as unlabelled)")
         print(f"synthetic: wrote {counts['training']} training / {counts['validation']} validation / "
-              f"{counts['test']} test{meta} {dims}D images of {'x'.join([str(size)] * dims)} to {root} "
+              f"{counts['test']} test{meta} {dims}D images of {'x'.join(map(str, shape))} to {root} "
               f"in {time.perf_counter() - start:.1f} s")
         print(f"synthetic: noisy training labels vs clean: Dice mean {noise['dice_mean']:.4f}, pooled "
               f"{noise['dice_pooled']:.4f}, min {noise['dice_min']:.4f}; wrong pixels "
@@ -381,7 +505,8 @@ def make_synthetic_dataset(out: str | os.PathLike, dims: int = 2, n_train: int |
 def _run(args: argparse.Namespace) -> int:
     make_synthetic_dataset(args.out, dims=args.dims, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
                            size=args.size, seed=args.seed, noise_px=args.noise_px, n_meta=args.n_meta,
-                           labeled_fraction=args.labeled_fraction)
+                           labeled_fraction=args.labeled_fraction, realistic=args.realistic, depth=args.depth,
+                           spacing=args.spacing)
     return 0
 
 
@@ -402,7 +527,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="semi-supervised split: keep the labels of a fixed-seed share F in (0, 1) of the training "
                         "cases and list the others in an 'unlabeled' section without labels (default: all labelled)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default 96 / 48)")
+    p.add_argument("--realistic", action="store_true",
+                   help="3D: anisotropic CT-like volumes (0.8x0.8x2.5 mm, 256x256x40 voxels) of lesions 2.5-6 mm in "
+                        "radius with faint borders, where resizing a whole volume loses them (--dims 3)")
+    p.add_argument("--depth", type=int, default=None, help="slices of a --realistic volume (default 40)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="voxel size in mm of a --realistic volume (default 0.8 0.8 2.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--noise-px", type=float, default=None,
-                   help="largest boundary displacement of the noisy training labels (default about size/16)")
+                   help="largest boundary displacement of the noisy training labels (default about size/16; in mm "
+                        "with --realistic, default 1.5)")
     p.set_defaults(func=_run)

@@ -84,12 +84,65 @@ def _net_name(bb: dict) -> str:
     return bb["_target_"].rsplit(".", 1)[-1]
 
 
-def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dict]:
-    """Load, channels, intensity and resize: shared by training, validation, evaluation and inference.
+def _intensity(ds: dict) -> list[dict]:
+    """The dataset's intensity normalisation of the image.
 
-    Inference and evaluation (``volume_size``) resize 2D networks' inputs to ``[h, w, -1]``: a 2D image gets a
-    singleton third axis that ``Invertd`` removes again, a volume keeps its slices for the ``SliceInferer``, and
-    labels stay at their original size so metrics are computed on the original grid.
+    ``scale``: min-max to [0, 1] per image; ``none``: already in [0, 1]; ``window``: clip the dataset's window
+    ``intensity_window`` (e.g. Hounsfield units for CT) and map it to [0, 1], as MONAI's ``spleen_ct_segmentation``
+    bundle does (``ScaleIntensityRanged``, a_min -57, a_max 164 there); ``zscore``: zero mean, unit variance per
+    channel over the non-zero voxels (MR: ``NormalizeIntensityd(nonzero=True, channel_wise=True)``, as MONAI's
+    ``brats_mri_segmentation`` bundle).
+    """
+    kind = ds["intensity"]
+    if kind == "scale":
+        return [{"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0}]
+    if kind == "none":
+        return []
+    if kind == "window":
+        window = ds.get("intensity_window")
+        if not (isinstance(window, list) and len(window) == 2 and float(window[0]) < float(window[1])):
+            raise ValueError(f"intensity 'window' needs intensity_window: [low, high] with low < high, got {window!r}")
+        return [{"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": float(window[0]),
+                 "a_max": float(window[1]), "b_min": 0.0, "b_max": 1.0, "clip": True}]
+    if kind == "zscore":
+        return [{"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}]
+    raise ValueError(f"intensity must be 'scale', 'none', 'window' or 'zscore', got {kind!r}")
+
+
+def _native_3d(ds: dict) -> bool:
+    """A 3D dataset: resampled to its target spacing, trained on patches, inferred with a sliding window."""
+    return int(ds["dims"]) == 3
+
+
+_3D_KEYS = ("target_spacing", "num_samples", "pos_neg", "sw_overlap", "sw_batch_size")
+
+
+def _check_3d(ds: dict) -> None:
+    missing = [k for k in _3D_KEYS if k not in ds]
+    if missing:
+        raise ValueError(f"a 3D dataset needs {missing} (target spacing, patches, sliding window)")
+    spacing = ds["target_spacing"]
+    if not (isinstance(spacing, list) and len(spacing) == 3 and all(float(v) > 0 for v in spacing)):
+        raise ValueError(f"target_spacing must be three positive mm values, got {spacing!r}")
+    if len(ds["spatial_size"]) != 3:
+        raise ValueError(f"a 3D dataset's spatial_size (the patch and window size) needs 3 values, got "
+                         f"{ds['spatial_size']!r}")
+
+
+def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dict]:
+    """Load, channels, geometry and intensity: shared by training, validation, evaluation and inference.
+
+    2D datasets are resized: inference and evaluation (``volume_size``) resize 2D networks' inputs to
+    ``[h, w, -1]``, so a 2D image gets a singleton third axis that ``Invertd`` removes again, a volume keeps its
+    slices for the ``SliceInferer``, and labels stay at their original size so metrics are computed on the
+    original grid.
+
+    3D datasets follow MONAI's model-zoo 3D bundles (``spleen_ct_segmentation``): ``Orientationd`` to RAS and
+    ``Spacingd`` to the dataset's ``target_spacing`` (mm; image bilinear, label nearest), then the intensity
+    normalisation; no resizing. Training crops patches of ``spatial_size`` afterwards (:func:`_patch_transforms`),
+    validation and inference run a sliding window of that size over the whole volume, and inference/evaluation
+    (``volume_size``) transform the image only: ``Invertd`` takes the mask back to the input's grid, where the
+    label stays.
     """
     keys = ["image", "label"] if with_label else ["image"]
     out: list[dict] = [
@@ -103,10 +156,23 @@ def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dic
          # unscaled datasets promise [0, 1] intensities: a raw 16-bit image would otherwise train silently
          **({"intensity_range": [0, 1]} if ds["intensity"] == "none" else {})},
     ]
-    if ds["intensity"] == "scale":
-        out.append({"_target_": "ScaleIntensityd", "keys": "image", "minv": 0.0, "maxv": 1.0})
-    elif ds["intensity"] != "none":
-        raise ValueError(f"intensity must be 'scale' or 'none', got {ds['intensity']!r}")
+    if _native_3d(ds):
+        _check_3d(ds)
+        spatial = keys if not volume_size else ["image"]
+        out += [
+            # Spacingd updates every "<key>_..." item as the key's meta dict: a datalist's "label_clean" path
+            # (data_prep synthetic) would break it; nothing downstream reads other items
+            {"_target_": "SelectItemsd", "keys": keys},
+            {"_target_": "Orientationd", "keys": spatial, "axcodes": "RAS"},
+            {"_target_": "Spacingd", "keys": spatial, "pixdim": "@target_spacing",
+             "mode": ["bilinear", "nearest"] if len(spatial) == 2 else ["bilinear"]},
+            *_intensity(ds),
+            {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"},
+        ]
+        if with_label:
+            out.append({"_target_": "EnsureTyped", "keys": "label", "dtype": "$torch.float32"})
+        return out
+    out += _intensity(ds)
     out.append({"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"})
     if volume_size:
         size = "$list(@spatial_size) + [-1]" if ds["dims"] == 2 else "@spatial_size"
@@ -120,6 +186,51 @@ def _image_transforms(ds: dict, with_label: bool, volume_size: bool) -> list[dic
         # labels are class indices; anything resampled stays an index
         out.append({"_target_": "EnsureTyped", "keys": "label", "dtype": "$torch.float32"})
     return out
+
+
+def _patch_transforms(ds: dict, with_label: bool) -> list[dict]:
+    """3D training patches of ``spatial_size``: padded where the volume is smaller, then ``patch#num_samples``
+    patches per volume, centred on a foreground voxel with probability ``pos / (pos + neg)``
+    (``RandCropByPosNegLabeld``, as ``spleen_ct_segmentation``: 4 samples of 96³, pos 1, neg 1); unlabelled
+    images get random patches (``RandSpatialCropSamplesd``). Empty for 2D datasets (resized whole images)."""
+    if not _native_3d(ds):
+        return []
+    keys = ["image", "label"] if with_label else ["image"]
+    pad = {"_target_": "SpatialPadd", "keys": keys, "spatial_size": "@spatial_size"}
+    if with_label:
+        crop = {"_target_": "RandCropByPosNegLabeld", "keys": keys, "label_key": "label",
+                "spatial_size": "@spatial_size", "pos": "@patch#pos", "neg": "@patch#neg",
+                "num_samples": "@patch#num_samples", "image_key": "image", "image_threshold": 0}
+    else:
+        crop = {"_target_": "RandSpatialCropSamplesd", "keys": keys, "roi_size": "@spatial_size",
+                "num_samples": "@patch#num_samples", "random_size": False}
+    return [pad, crop]
+
+
+def _random_transforms(ds: dict, keys: list[str]) -> list[dict]:
+    """Patches (3D), flips and 90° rotations in the first two axes, and a flip of the third axis (3D)."""
+    flips = [{"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": axis} for axis in range(
+        3 if _native_3d(ds) else 2)]
+    return [*_patch_transforms(ds, "label" in keys), *flips[:2],
+            {"_target_": "RandRotate90d", "keys": keys, "prob": 0.5, "spatial_axes": [0, 1]}, *flips[2:]]
+
+
+def _3d_settings(ds: dict) -> dict:
+    """Config items of a 3D bundle: target spacing, patch sampling and sliding window (empty for 2D)."""
+    if not _native_3d(ds):
+        return {}
+    pos, neg = ds["pos_neg"]
+    return {
+        "target_spacing": ds["target_spacing"],
+        "patch": {"num_samples": ds["num_samples"], "pos": pos, "neg": neg},
+        "sliding_window": {"overlap": ds["sw_overlap"], "mode": "gaussian", "sw_batch_size": ds["sw_batch_size"]},
+    }
+
+
+def _sliding_window() -> dict:
+    return {"_target_": "SlidingWindowInferer", "roi_size": "@spatial_size",
+            "sw_batch_size": "@sliding_window#sw_batch_size", "overlap": "@sliding_window#overlap",
+            "mode": "@sliding_window#mode"}
 
 
 def _postprocessing(binary: bool, ds: dict) -> dict:
@@ -189,6 +300,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
         "learning_rate": ds["learning_rate"],
         "num_workers": 0,
         **{k: common[k] for k in ("spatial_dims", "spatial_size", "in_channels", "out_channels", "num_classes")},
+        **_3d_settings(ds),
         "amp": False,
         "resume": False,
         "dale": {
@@ -220,12 +332,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
         "optimizer": {"_target_": "torch.optim.Adam", "params": "$@network.parameters()", "lr": "@learning_rate"},
         "train": {
             "deterministic_transforms": _image_transforms(ds, True, False),
-            "random_transforms": [
-                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
-                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
-                {"_target_": "RandRotate90d", "keys": ["image", "label"], "prob": 0.5,
-                 "spatial_axes": [0, 1]},
-            ],
+            "random_transforms": _random_transforms(ds, ["image", "label"]),
             "partition": [
                 {"_target_": "dale_monai.transforms.FuzzyPartitiond", "keys": ["image", "label"],
                  "patch_size": "@dale#patch_size", "tau": "@dale#tau", "bins": "@dale#bins",
@@ -288,7 +395,7 @@ def train_config(name: str, ds: dict, bb: dict) -> dict:
                         "cache_rate": 1.0, "num_workers": "@num_workers", "progress": False},
             "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": 1,
                            "shuffle": False, "num_workers": "@num_workers"},
-            "inferer": {"_target_": "SimpleInferer"},
+            "inferer": _inferer(ds, validation=True),
             "postprocessing": _postprocessing(binary, ds),
             "handlers": [
                 {"_target_": "StatsHandler", "iteration_log": False},
@@ -380,12 +487,16 @@ def _inference_pre(ds: dict, with_label: bool) -> dict:
     return {"_target_": "Compose", "transforms": _image_transforms(ds, with_label, True)}
 
 
-def _inferer(ds: dict) -> dict:
-    if ds["dims"] == 2:
-        # 2D networks run slice by slice along the last axis: 2D images carry one slice, volumes many
-        return {"_target_": "SliceInferer", "roi_size": "@spatial_size", "spatial_dim": 2, "sw_batch_size": 4,
-                "progress": False}
-    return {"_target_": "SimpleInferer"}
+def _inferer(ds: dict, validation: bool = False) -> dict:
+    """Validation: the whole resized image (2D) or a sliding window over the resampled volume (3D). Inference:
+    2D networks run slice by slice along the last axis (2D images carry one slice, volumes many); 3D networks a
+    Gaussian-weighted sliding window of ``spatial_size`` (MONAI's ``spleen_ct_segmentation``: overlap 0.5 there)."""
+    if _native_3d(ds):
+        return _sliding_window()
+    if validation:
+        return {"_target_": "SimpleInferer"}
+    return {"_target_": "SliceInferer", "roi_size": "@spatial_size", "spatial_dim": 2, "sw_batch_size": 4,
+            "progress": False}
 
 
 def inference_config(name: str, ds: dict, bb: dict) -> dict:
@@ -403,7 +514,9 @@ def inference_config(name: str, ds: dict, bb: dict) -> dict:
         "datalist": "$dale_monai.bundle.DeferredList(dale_monai.bundle.inference_datalist, @input_dir, @dataset_dir, "
                     "@prepare_command)",
         **{k: common[k] for k in ("device", "spatial_dims", "spatial_size", "in_channels", "out_channels",
-                                  "num_classes", "network_def", "network")},
+                                  "num_classes")},
+        **{k: v for k, v in _3d_settings(ds).items() if k != "patch"},
+        **{k: common[k] for k in ("network_def", "network")},
         "preprocessing": _inference_pre(ds, with_label=False),
         # iterable: the evaluator does not ask for its length when it is built, which would list the inputs
         "dataset": {"_target_": "IterableDataset", "data": "$dale_monai.bundle.DeferredList(dale_monai.bundle.image_items, "
@@ -539,7 +652,7 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict)
                     "spatial_shape": ds["spatial_size"],
                     "dtype": "float32",
                     "value_range": [0, 1],
-                    "is_patch_data": False,
+                    "is_patch_data": _native_3d(ds),
                     "channel_def": ({"0": "image"} if ds["in_channels"] == 1 else
                                     {str(i): c for i, c in enumerate(("red", "green", "blue"))}),
                 }
@@ -552,7 +665,7 @@ def metadata(name: str, ds: dict, bb: dict, versions: dict, segment_table: dict)
                     "spatial_shape": ds["spatial_size"],
                     "dtype": "float32",
                     "value_range": [0, 1],
-                    "is_patch_data": False,
+                    "is_patch_data": _native_3d(ds),
                     # the values of the written mask (MONAI Label reads this as label name -> value)
                     "channel_def": {str(v): k for k, v in ds["label_names"].items()},
                 }
@@ -590,7 +703,10 @@ def readme(name: str, ds: dict, bb: dict) -> str:
                   "written as `<name>_seg.png` for image files and `<name>_seg.nii.gz` otherwise (class indices, "
                   "uint8).")
     else:
-        inputs = ("NIfTI volumes and DICOM series folders, resized to " + size + " and the mask resized back to the "
+        spacing = "x".join(f"{v:g}" for v in ds["target_spacing"])
+        inputs = ("NIfTI volumes and DICOM series folders, reoriented to RAS and resampled to " + spacing + " mm "
+                  "(`--target_spacing`), predicted with a Gaussian-weighted sliding window of " + size + " voxels "
+                  f"(overlap {ds['sw_overlap']}, `--sliding_window#overlap`) and the mask resampled back to the "
                   "input's grid (size, affine and spacing of the input), written as `<name>_seg.nii.gz` (class "
                   "indices, uint8). 2D images are rejected with an error naming the file.")
     ddp_note = " `find_unused_parameters` is on (U-Net++ keeps three unused heads)." if bb.get(
@@ -944,11 +1060,7 @@ def _unlabeled_pipeline(ds: dict) -> dict:
                               "missing_hint=@unlabeled_prepare_hint)",
         "unlabeled": {
             "deterministic_transforms": _image_transforms(ds, False, False),
-            "random_transforms": [
-                {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 0},
-                {"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": 1},
-                {"_target_": "RandRotate90d", "keys": keys, "prob": 0.5, "spatial_axes": [0, 1]},
-            ],
+            "random_transforms": _random_transforms(ds, keys),
             "preprocessing": {"_target_": "Compose",
                               "transforms": "$@unlabeled#deterministic_transforms + @unlabeled#random_transforms"},
             "dataset": {"_target_": "CacheDataset", "data": "@unlabeled_datalist",
@@ -1019,12 +1131,19 @@ def cps_overlay(train: dict, ds: dict) -> dict:
     }
 
 
-def fixeddynamic_overlay(train: dict, ds: dict) -> dict:
-    """Fixed + dynamic pseudo-labels: subnet A is ``@network``, subnet B a second copy of ``network_def``."""
+def fixeddynamic_overlay(train: dict, ds: dict, bb: dict | None = None) -> dict:
+    """Fixed + dynamic pseudo-labels: subnet A is ``@network``, subnet B a second copy of ``network_def``.
+
+    Crop sides are multiples of 32 (SwinUNETR's patch merging needs them); 3D bundles of other backbones use 16,
+    which their three down-samplings allow, so that the crop and its shifts fit a 32³ training patch.
+    """
+    swin = bb is not None and _net_name(bb) == "SwinUNETR"
+    size_multiple = 16 if _native_3d(ds) and not swin else 32
     return {
         # every default is this project's choice: the paper's values were not available
         "fixeddynamic": {**_SEMISUP_COMMON, "unsup_weight": 1.0, "alpha": 1.0, "fixed_weight": 1.0,
-                         "dynamic_weight": 1.0, "crop_fraction": 0.75, "size_multiple": 32, "shift_fraction": 0.125},
+                         "dynamic_weight": 1.0, "crop_fraction": 0.75, "size_multiple": size_multiple,
+                         "shift_fraction": 0.125},
         **_unlabeled_pipeline(ds),
         **_extra_network(1),
         "train#trainer": _semisup_trainer(
@@ -1080,7 +1199,7 @@ def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     out = {
         "meanteacher_train.json": meanteacher_overlay(train, ds),
         "cps_train.json": cps_overlay(train, ds),
-        "fixeddynamic_train.json": fixeddynamic_overlay(train, ds),
+        "fixeddynamic_train.json": fixeddynamic_overlay(train, ds, bb),
         "dalepl_train.json": dalepl_overlay(train, ds),
         "gapmatch_train.json": gapmatch_overlay(train, ds),
     }

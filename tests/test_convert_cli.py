@@ -14,7 +14,7 @@ from data_prep.__main__ import MODULES, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 CONVERTERS = ("covid_semiseg", "ph2", "isic2016", "isic2016_ph2", "kvasir", "cvc_clinicdb", "polyp_benchmark",
-              "mosmed", "synapse", "folder", "dicom", "nifti")
+              "mosmed", "synapse", "folder", "dicom", "nifti", "decathlon")
 
 
 def test_every_command_is_registered():

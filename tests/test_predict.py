@@ -64,7 +64,10 @@ def _bundle(tmp_path: Path, name: str, dims: int = 2, classes: int = 1, save: bo
         (dest / "models").mkdir()
         torch.save(state, dest / "models" / "model.pt")
     size = [COLS, ROWS] if dims == 2 else [COLS, ROWS, 4]
-    return dest, {"network_def": net, "spatial_size": size}
+    # 3D bundles resample to their target spacing; non-positive values keep each input's own (MONAI's Spacing),
+    # so the pipeline is the identity and every voxel can be checked (test_bundles_3d.py covers resampling)
+    native = {"target_spacing": [0.0, 0.0, 0.0]} if dims == 3 else {}
+    return dest, {"network_def": net, "spatial_size": size, **native}
 
 
 def _voxels(rng, shape, top: int = 1000) -> np.ndarray:

@@ -261,3 +261,40 @@ def test_meta_section_adds_clean_cases_and_changes_no_other_case(tmp_path):
     assert not list((tmp_path / "meta" / "images").glob("meta_*"))
     with pytest.raises(DataPrepError, match="non-negative"):
         small_2d(tmp_path / "bad", n_meta=-1)
+
+
+# ----------------------------------------------------------------------------------- realistic 3D option
+def test_realistic_volumes_are_anisotropic_with_small_faint_lesions(tmp_path):
+    from data_prep.synthetic import generate_realistic_case
+
+    a = generate_realistic_case(3, size=64, depth=16)
+    b = generate_realistic_case(np.random.default_rng(3), size=64, depth=16)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.label_noisy, b.label_noisy)
+    summary = make_synthetic_dataset(tmp_path, dims=3, realistic=True, size=64, depth=16, n_train=3, n_val=1,
+                                     n_test=1, verbose=False)
+    assert summary["size"] == [64, 64, 16] and summary["spacing_mm"] == [0.8, 0.8, 2.5]
+    image = nib.load(tmp_path / "images" / "train_000.nii.gz")
+    label = nib.load(tmp_path / "labels" / "train_000.nii.gz")
+    assert image.shape == (64, 64, 16)
+    np.testing.assert_allclose(image.header.get_zooms(), (0.8, 0.8, 2.5))
+    np.testing.assert_allclose(label.affine, image.affine)
+    voxel_mm3 = 0.8 * 0.8 * 2.5
+    for name in ("train_000", "train_001", "train_002", "val_000", "test_000"):
+        mask = np.asarray(nib.load(tmp_path / "labels" / f"{name}.nii.gz").dataobj)
+        parts, n = ndi.label(mask)
+        assert n >= 1
+        # lesions of a few mm: radius at most 6 mm x 1.3 (the radius field), so under 2,100 mm^3 each
+        sizes = ndi.sum(mask, parts, range(1, n + 1)) * voxel_mm3
+        assert sizes.max() < 2100, sizes
+    # the noisy labels differ from the clean ones, and mostly where the boundary is faint
+    case = generate_realistic_case(5, size=96, depth=24, n_lesions=3)
+    wrong = case.label_noisy != case.label
+    assert wrong.any() and (wrong & case.faint).sum() > 0.5 * wrong.sum()
+    # re-running with the same options does nothing; other options are refused in 2D
+    assert make_synthetic_dataset(tmp_path, dims=3, realistic=True, size=64, depth=16, n_train=3, n_val=1,
+                                  n_test=1, verbose=False) == summary
+    with pytest.raises(DataPrepError, match="--dims 3"):
+        make_synthetic_dataset(tmp_path / "x", dims=2, realistic=True, verbose=False)
+    with pytest.raises(DataPrepError, match="add --realistic"):
+        make_synthetic_dataset(tmp_path / "x", dims=3, depth=20, verbose=False)

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import SlidingWindowInferer
 
 from .checkpoint import load_weights
 from .dicom_seg import RAS_TO_LPS, write_dicom_seg
@@ -161,7 +162,13 @@ class Predictor:
                              "SaveImaged step writing to @output_dir")
         for i in savers:
             self.parser[f"postprocessing#transforms#{i}#print_log"] = False  # the progress bar reports instead
-        return (self.parser.get_parsed_content("preprocessing"), self.parser.get_parsed_content("inferer"),
+        inferer = self.parser.get_parsed_content("inferer")
+        if isinstance(inferer, SlidingWindowInferer):
+            # the volume and the stitched output stay in host memory and only sw_batch_size windows at a time go
+            # to the device (MONAI's sw_device/device split), so a large CT fits a small GPU
+            inferer.sw_device = self.device
+            inferer.device = torch.device("cpu")
+        return (self.parser.get_parsed_content("preprocessing"), inferer,
                 self.parser.get_parsed_content("postprocessing"))
 
     # ------------------------------------------------------------------------------------------- 4D NIfTI
@@ -208,7 +215,8 @@ class Predictor:
 
         preprocessing, inferer, postprocessing = components
         batch = list_data_collate([preprocessing({"image": source})])
-        inputs = batch["image"].to(self.device)
+        # a sliding window moves each window to the device itself (see _components)
+        inputs = batch["image"] if isinstance(inferer, SlidingWindowInferer) else batch["image"].to(self.device)
         with torch.no_grad():
             pred = inferer(inputs, self.network)
         item = decollate_batch({"image": inputs, "pred": pred}, detach=True)[0]
@@ -287,7 +295,8 @@ class Predictor:
             output_dir: where outputs go (created); nothing is written elsewhere.
             overwrite: replace existing outputs.
             overlay: also write overlay PNGs.
-            progress: show a progress bar (tqdm, on stderr) for more than one case.
+            progress: show progress bars (tqdm, on stderr): one over the cases (for more than one) and, for a
+                sliding-window bundle (3D), one over each case's windows.
             each_volume: predict each volume of a 4D NIfTI whose 4th axis is not the network's channels as its
                 own case ``<name>_vol<i>`` (a 3D mask with the file's spatial header each); without it such a
                 file fails with a message naming it and its number of volumes (see
@@ -311,6 +320,8 @@ class Predictor:
             # parsed once: Invertd must hold the very preprocessing instance that transformed the image
             mask_dir = stage_root / "masks"
             components = self._components(mask_dir)
+            if isinstance(components[1], SlidingWindowInferer):
+                components[1].progress = progress  # a bar over each case's windows: a large volume takes a while
             bar = tqdm(cases, desc=self.name, unit="case", disable=not progress or len(cases) < 2)
             for i, case in enumerate(bar):
                 stage = stage_root / f"case{i}"

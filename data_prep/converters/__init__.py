@@ -18,4 +18,5 @@ COMMAND_MODULES = (
     "data_prep.converters.synapse",
     "data_prep.converters.folder",
     "data_prep.converters.volumes",
+    "data_prep.converters.decathlon",
 )

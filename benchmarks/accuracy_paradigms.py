@@ -192,3 +192,16 @@ def _build_gapmatch(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, No
 
     return GapMatchTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
                            **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("arco", unlabeled=True, files=_SEMI_FILES + ("dale_monai/arco.py", "dale_monai/engines/arco.py",
+                                                                 "dale_monai/engines/mean_teacher.py",
+                                                                 "dale_monai/feature_layers.py"))
+def _build_arco(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """ARCO: the mean teacher (as ``meanteacher``) plus the stratified-sampling pixel contrastive loss on the UNet's
+    pre-head features with the public code's defaults (k1 0.01, τ 0.5, 256 anchors, 512 negatives, banks of
+    30,000 / 50,000)."""
+    from dale_monai.engines.arco import ARCOTrainer
+
+    return ARCOTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
+                       **_semi_kwargs(common, extras)), None

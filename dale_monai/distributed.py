@@ -11,14 +11,15 @@ gathering).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn
 
-from .handlers.checkpoint import LastCheckpoint
+if TYPE_CHECKING:  # imported where used: the handlers import the engines, which import this module
+    from .handlers.checkpoint import LastCheckpoint
 
 __all__ = ["is_distributed", "all_reduce_mean", "all_reduce_sum", "local_device", "init_distributed", "distributed_network", "network_like", "handlers_for_rank",
            "ResumeOnly", "OUTPUT_ONLY_HANDLERS", "shard_sampler"]
@@ -184,6 +185,8 @@ def handlers_for_rank(handlers: Sequence | None, rank: int | None = None) -> lis
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if rank == 0:
         return handlers
+    from .handlers.checkpoint import LastCheckpoint
+
     out = []
     for h in handlers:
         if isinstance(h, LastCheckpoint):

@@ -1,4 +1,5 @@
-"""The noisy-label paradigms of the accuracy benchmarks besides ``standard`` and ``dale`` (issue 11).
+"""The paradigms of the accuracy benchmarks besides ``standard`` and ``dale``: noisy-label (issues 11, 12) and
+semi-supervised (issue 13, protocol 6; registered with ``unlabeled=True``).
 
 Each is registered with :func:`accuracy_core.register_paradigm`: its cached runs depend on the core sources,
 the library files listed here and the source of its own build function, so adding or changing one paradigm

@@ -1,5 +1,4 @@
-"""The paradigms of the accuracy benchmarks besides ``standard`` and ``dale``: noisy-label (issues 11, 12) and
-semi-supervised (issue 13, protocol 6; registered with ``unlabeled=True``).
+"""The paradigms of the accuracy benchmarks besides ``standard`` and ``dale``: noisy-label, semi-supervised.
 
 Each is registered with :func:`accuracy_core.register_paradigm`: its cached runs depend on the core sources,
 the library files listed here and the source of its own build function, so adding or changing one paradigm

@@ -469,12 +469,14 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
         md.append(f"- `{ds}`: {len(tr['training'])} training, {len(tr['validation'])} validation, "
                   f"{len(tr['test'])} test cases" + (f"; {notes[ds]} (1 − mean Dice of training vs clean labels)"
                                                      if ds in notes else ""))
-    md += ["", "## Results", "", markdown_tables(summary, comps, notes), "## DALE diagnostics (means over iterations "
-           "and seeds)", "", "fuzzy_fraction = mean M^f; omega_* over fuzzy pixels (M^f ≥ 0.9); omega_abs_dev = "
-           "mean |ω*−1|; omega_frac_small_grad = share of pixels with |g| < Adam eps; with injected noise, "
-           "noisy_in_fuzzy = share of wrongly labelled pixels in fuzzy patches, mask_f_noisy/clean = mean M^f of "
-           "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
-           "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
+    md += ["", "## Results", "", markdown_tables(summary, comps, notes)]
+    if any(ARMS[_base_arm(a)]["paradigm"] == "dale" for a in arms):
+        md += ["## DALE diagnostics (means over iterations "
+               "and seeds)", "", "fuzzy_fraction = mean M^f; omega_* over fuzzy pixels (M^f ≥ 0.9); omega_abs_dev = "
+               "mean |ω*−1|; omega_frac_small_grad = share of pixels with |g| < Adam eps; with injected noise, "
+               "noisy_in_fuzzy = share of wrongly labelled pixels in fuzzy patches, mask_f_noisy/clean = mean M^f of "
+               "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
+               "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
     if conv_md:
         md += ["## Convergence" if protocol.name == "convergence" else "## Training cost and time to standard "
                "training's best validation Dice" if protocol.name == "semisup" else "## Time to standard training's "

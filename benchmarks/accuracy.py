@@ -18,6 +18,14 @@ Protocols (``<protocol>`` may be the name or its number):
    applied as the bundles apply them (``mask_mode="weight"``, ``mask_inputs=False``).
 5. ``convergence``: validation Dice against iterations, training wall time and CPU time (protocol 1's runs,
    taken from the cache when protocol 1 ran first).
+6. ``semisup``: semi-supervised training (issue 13). PH2 with 25 % and 10 % of the training labels
+   (``ph2_l25``, ``ph2_l10``: ``data_prep ph2 --labeled-fraction``; the other training images unlabelled) and
+   COVID-SemiSeg (``covid_semi``: the 40/10 doctor-labelled training/validation slices, the pseudo-labelled
+   images as unlabelled, the profile's subset of them; ``data_prep covid_semiseg --unlabeled pseudo``). Arms:
+   ``standard`` (supervised on the labelled part only), ``meanteacher``, ``cps``, ``fixeddynamic``, ``dalepl``,
+   ``gapmatch``, ``arco``, and on PH2 ``full`` (supervised on all training labels, the same iterations: the
+   upper bound). Run it with ``--profile semi`` (equal iterations for every dataset); the report adds the
+   training CPU seconds per run and per iteration relative to ``standard``.
 
 Arms: ``standard`` = MONAI ``SupervisedTrainer``; ``dale`` = ``DALETrainer`` as the paper prints it (masked inputs
 and targets, Eq. 7) with ``OmegaMetaStep`` reduction ``mean`` (the released behaviour) and ``WassersteinAlignment``;
@@ -62,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_core import (  # noqa: E402
     DALE_STATS,
+    LABELED_FRACTIONS,
     PROFILES,
     REPO,
     DataMissing,
@@ -136,7 +145,21 @@ ARMS: dict[str, dict] = {
     "l2rw": dict(paradigm="l2rw", omega=None, wasserstein=False),
     # CLCS (issue 12; accuracy_paradigms.py)
     "clcs": dict(paradigm="clcs", omega=None, wasserstein=False),
+    # semi-supervised paradigms (issue 13, protocol 6; accuracy_paradigms.py): labelled + unlabelled loaders
+    "meanteacher": dict(paradigm="meanteacher", omega=None, wasserstein=False),
+    "cps": dict(paradigm="cps", omega=None, wasserstein=False),
+    "fixeddynamic": dict(paradigm="fixeddynamic", omega=None, wasserstein=False),
+    "dalepl": dict(paradigm="dalepl", omega=None, wasserstein=False),
+    "gapmatch": dict(paradigm="gapmatch", omega=None, wasserstein=False),
+    "arco": dict(paradigm="arco", omega=None, wasserstein=False),
+    # the fully supervised upper bound of a semi-supervised PH2 dataset: standard training on the fully labelled
+    # dataset it was made from (ARM_DATASETS), reported in the semi-supervised dataset's rows
+    "full": dict(paradigm="standard", omega=None, wasserstein=False),
 }
+
+#: arms trained on another dataset than the row they are reported in: arm → {reported dataset: trained dataset};
+#: an arm listed here is left out of the datasets it has no entry for (no fully labelled COVID-SemiSeg exists)
+ARM_DATASETS: dict[str, dict[str, str]] = {"full": {"ph2_l10": "ph2", "ph2_l25": "ph2"}}
 
 
 @dataclass(frozen=True)
@@ -166,6 +189,11 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol(5, "convergence", "Convergence against iterations and time (COVID pseudo-labels)",
              ("covid_both",), ("standard", "dale", "dale_unmasked"),
              "The paper claims DALE reaches a given accuracy in less total time."),
+    Protocol(6, "semisup", "Semi-supervised training (few labels + unlabelled images)",
+             ("ph2_l25", "ph2_l10", "covid_semi"),
+             ("standard", "meanteacher", "cps", "fixeddynamic", "dalepl", "gapmatch", "arco", "full"),
+             "Does training on the unlabelled images beat supervised training on the labelled part only "
+             "(`standard`), and how far is each arm from the fully supervised upper bound (`full`, PH2)?"),
 )}
 
 #: suffix of the arm name under which a run's best-validation weights are reported
@@ -318,6 +346,33 @@ def _time_to_standard_best(runs: list[dict], dataset: str, arms) -> tuple[str, l
     return "\n".join(lines) + "\n", rows
 
 
+def _cost_table(runs: list[dict], datasets, arms) -> tuple[str, list[dict]]:
+    """Training CPU seconds per run and per iteration, and the per-iteration cost relative to ``standard`` of the
+    same dataset (mean over the seeds of the ratio; validation time excluded, as in every CPU figure here)."""
+    lines = ["Training CPU seconds (validation excluded), mean over seeds; per iteration relative to `standard` on "
+             "the same dataset (mean over seeds of the ratio to the same seed's standard run).", "",
+             "| dataset | arm | seeds | iterations | training CPU s | CPU s / iteration | per iteration vs standard |",
+             "|---|---|---|---|---|---|---|"]
+    rows = []
+    for ds in datasets:
+        std = {r["seed"]: r["train_cpu_s"] / r["iterations"] for r in runs
+               if r["dataset"] == ds and r["arm"] == "standard" and r["weights"] == "final"}
+        for arm in arms:
+            rs = [r for r in runs if r["dataset"] == ds and r["arm"] == arm and r["weights"] == "final"]
+            if not rs:
+                continue
+            per_it = [r["train_cpu_s"] / r["iterations"] for r in rs]
+            ratios = [p / std[r["seed"]] for p, r in zip(per_it, rs) if r["seed"] in std]
+            row = {"dataset": ds, "arm": arm, "seeds": len(rs), "iterations": rs[0]["iterations"],
+                   "train_cpu_s": float(np.mean([r["train_cpu_s"] for r in rs])),
+                   "cpu_s_per_iteration": float(np.mean(per_it)),
+                   "per_iteration_vs_standard": float(np.mean(ratios)) if ratios else math.nan}
+            rows.append(row)
+            lines.append(f"| {ds} | {arm} | {row['seeds']} | {row['iterations']} | {row['train_cpu_s']:.0f} | "
+                         f"{row['cpu_s_per_iteration']:.3f} | {row['per_iteration_vs_standard']:.2f} |")
+    return "\n".join(lines) + "\n", rows
+
+
 def _example_figures(outdir: Path, splits_by_ds: dict, arrays: dict, datasets, arms) -> list[str]:
     figs = []
     for ds in datasets:
@@ -375,6 +430,11 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
                                                         "standard"):
         figs.append("dice_vs_noise.png")
     conv_md = ""
+    if protocol.name == "semisup":
+        cost_md, cost_rows = _cost_table(runs, datasets, arms)
+        write_csv(outdir / "cost.csv", cost_rows, ("dataset", "arm", "seeds", "iterations", "train_cpu_s",
+                                                   "cpu_s_per_iteration", "per_iteration_vs_standard"))
+        conv_md += cost_md + "\n"
     if protocol.name == "convergence":
         conv_md, conv_rows = _convergence(runs, datasets[0], arms)
         write_csv(outdir / "time_to_target.csv", conv_rows, ("arm", "seed", "target", "iterations_to_target",
@@ -411,15 +471,18 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
         md.append(f"- `{ds}`: {len(tr['training'])} training, {len(tr['validation'])} validation, "
                   f"{len(tr['test'])} test cases" + (f"; {notes[ds]} (1 − mean Dice of training vs clean labels)"
                                                      if ds in notes else ""))
-    md += ["", "## Results", "", markdown_tables(summary, comps, notes), "## DALE diagnostics (means over iterations "
-           "and seeds)", "", "fuzzy_fraction = mean M^f; omega_* over fuzzy pixels (M^f ≥ 0.9); omega_abs_dev = "
-           "mean |ω*−1|; omega_frac_small_grad = share of pixels with |g| < Adam eps; with injected noise, "
-           "noisy_in_fuzzy = share of wrongly labelled pixels in fuzzy patches, mask_f_noisy/clean = mean M^f of "
-           "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
-           "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
+    md += ["", "## Results", "", markdown_tables(summary, comps, notes)]
+    if any(ARMS[_base_arm(a)]["paradigm"] == "dale" for a in arms):
+        md += ["## DALE diagnostics (means over iterations "
+               "and seeds)", "", "fuzzy_fraction = mean M^f; omega_* over fuzzy pixels (M^f ≥ 0.9); omega_abs_dev = "
+               "mean |ω*−1|; omega_frac_small_grad = share of pixels with |g| < Adam eps; with injected noise, "
+               "noisy_in_fuzzy = share of wrongly labelled pixels in fuzzy patches, mask_f_noisy/clean = mean M^f of "
+               "wrongly/correctly labelled pixels, omega_below1_noisy/clean = share of fuzzy wrongly/correctly "
+               "labelled pixels with ω* < 1.", "", _diagnostics_table(runs, datasets, arms)]
     if conv_md:
-        md += ["## Convergence" if protocol.name == "convergence" else "## Time to standard training's best "
-               "validation Dice", "", conv_md]
+        md += ["## Convergence" if protocol.name == "convergence" else "## Training cost and time to standard "
+               "training's best validation Dice" if protocol.name == "semisup" else "## Time to standard training's "
+               "best validation Dice", "", conv_md]
     if figs:
         md += ["## Figures", ""] + [f"![{f}]({f})" for f in figs]
     (outdir / "README.md").write_text("\n".join(md) + "\n")
@@ -428,7 +491,7 @@ def write_report(protocol: Protocol, profile, args, runs: list[dict], arrays: di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("protocol", help=f"one of {list(PROTOCOLS)} or its number 1-5")
+    parser.add_argument("protocol", help=f"one of {list(PROTOCOLS)} or its number 1-6")
     parser.add_argument("--profile", default="quick", choices=list(PROFILES))
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the profile's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy"),
@@ -457,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
 
     name = _ALIASES.get(args.protocol, args.protocol)
     if name not in PROTOCOLS:
-        parser.error(f"unknown protocol {args.protocol!r}; choose one of {list(PROTOCOLS)} or 1-5")
+        parser.error(f"unknown protocol {args.protocol!r}; choose one of {list(PROTOCOLS)} or 1-6")
     protocol, profile = PROTOCOLS[name], PROFILES[args.profile]
     try:
         profile = _profile_with(profile, args.set)
@@ -495,15 +558,20 @@ def main(argv: list[str] | None = None) -> int:
                                                                                     else sys.argv[1:]))
 
     splits_by_ds = {}
+    trained_ds = {ARM_DATASETS[a][ds] for a in arms if a in ARM_DATASETS for ds in ds_names if ds in ARM_DATASETS[a]}
     try:
-        for ds in ds_names:
+        for ds in [*ds_names, *sorted(trained_ds - set(ds_names))]:
             noise = levels.get(ds[len("ph2_"):]) if ds.startswith("ph2_") else None
-            if ds.startswith("ph2_") and noise is None:
+            if ds.startswith("ph2_") and noise is None and ds not in LABELED_FRACTIONS:
                 parser.error(f"dataset {ds!r}: the {profile.name} profile's noise levels are {list(levels)}")
             datalist = prepare_dataset(ds, src, work, noise)
             subset = profile.covid_subset if ds.startswith("covid") else None
-            splits_by_ds[ds] = {s: load_split(datalist, s, profile.size, subset if s == "training" else None)
-                                for s in ("training", "validation", "test")}
+            sections = ["training", "validation", "test"]
+            if "unlabeled" in json.loads(datalist.read_text()):
+                sections.append("unlabeled")
+            splits_by_ds[ds] = {s: load_split(datalist, s, profile.size,
+                                              subset if s in ("training", "unlabeled") else None)
+                                for s in sections}
     except DataMissing as e:
         print(f"SKIPPED protocol {protocol.name}: {e}", file=sys.stderr)
         return 0
@@ -516,14 +584,18 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:  # seeds outermost: the report is rewritten, paired, after every seed
         for ds in ds_names:
             for arm in arms:
-                cfg = RunConfig(dataset=ds, seed=seed, profile=profile.name,
-                                profile_fields=profile_fields(profile, ds), **ARMS[arm])
+                if arm in ARM_DATASETS and ds not in ARM_DATASETS[arm]:
+                    continue
+                train_ds = ARM_DATASETS.get(arm, {}).get(ds, ds)
+                cfg = RunConfig(dataset=train_ds, seed=seed, profile=profile.name,
+                                profile_fields=profile_fields(profile, train_ds), **ARMS[arm])
                 if args.cached_only and not _in_cache(cfg, cache):
                     missing.append(f"seed {seed} {ds} {arm}")
                     print(f"seed {seed} {ds:>22} {arm:>10}: not in the cache (--cached-only), left out", flush=True)
                     continue
                 t0 = time.perf_counter()
-                rec, arr, weights = run_cached(cfg, profile, splits_by_ds[ds], cache, use_cache=not args.no_cache)
+                rec, arr, weights = run_cached(cfg, profile, splits_by_ds[train_ds], cache,
+                                               use_cache=not args.no_cache)
                 if ext_test is not None:
                     rec = score_external(rec, weights, profile, ext_test)
                     arr = {k: v for k, v in arr.items() if k != "pred"}  # predictions of the datasets' own test

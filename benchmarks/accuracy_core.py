@@ -63,6 +63,7 @@ __all__ = [
     "DataMissing",
     "data_dir",
     "dataset_kind",
+    "LABELED_FRACTIONS",
     "profile_fields",
     "prepare_dataset",
     "load_split",
@@ -127,7 +128,9 @@ class Profile:
         lr: Adam learning rate (both paradigms, both DALE steps).
         patch: partition patch side, scaled with ``size`` so that the patch grid stays close to the paper's
             14×14 (16 px at 224 px).
-        epochs: epochs per prepared dataset kind (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``).
+        epochs: epochs per prepared dataset kind (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``), or
+            per dataset name where a profile gives one (the semi-supervised datasets ``ph2_l10``, ``ph2_l25``,
+            ``covid_semi``, whose labelled sets differ in size; see :meth:`Profile.epochs_for`).
             On COVID the network first collapses to all-background and leaves that phase only after about 500
             iterations (validation curve of the quick profile), so COVID gets at least 720 iterations.
         covid_subset: pseudo-labelled slices drawn (fixed seed 0) from the 1,600; ``None`` = all. The
@@ -168,8 +171,18 @@ class Profile:
     device: str = "cpu"
 
     def epochs_for(self, dataset: str) -> int:
-        """Training epochs of a prepared dataset: ``epochs`` of its kind times ``epochs_scale`` (at least 1)."""
-        return max(1, round(self.epochs[dataset_kind(dataset)] * self.epochs_scale))
+        """Training epochs of a prepared dataset: the profile's entry for the dataset if it has one, else for its
+        kind (:func:`dataset_kind`), times ``epochs_scale`` (at least 1).
+
+        Raises:
+            ValueError: the profile has neither (e.g. a semi-supervised dataset under a profile made for protocols
+                1-5).
+        """
+        for k in (dataset, dataset_kind(dataset)):
+            if k in self.epochs:
+                return max(1, round(self.epochs[k] * self.epochs_scale))
+        raise ValueError(f"profile {self.name!r} has no epochs for dataset {dataset!r} (its epochs: "
+                         f"{sorted(self.epochs)}); use a profile that has, e.g. --profile semi for protocol 6")
 
     def describe(self) -> str:
         net = (f"UNet channels {list(self.channels)}, strides {list(self.strides)}, {self.res_units} residual unit(s), "
@@ -219,6 +232,13 @@ PROFILES: dict[str, Profile] = {
     "short": Profile("short", 96, (8, 16, 32, 64), (2, 2, 2), 0, 8, 1e-3, 8,
                      {"covid_pseudo": 16, "covid_both": 16, "covid_doctor": 144, "ph2": 20}, 320, 3, _LEVELS_QUICK,
                      dice_batch=True, norm="instance"),
+    # protocol 6 (semi-supervised): the long profile's network and loss with 600 iterations per run for every
+    # dataset: the epoch is one pass over the labelled loader (8 labelled PH2 images at 10 %: 1 batch of 8; 21 at
+    # 25 %: 2; the 84 of the fully labelled upper bound: 10; the 40 COVID doctor slices: 5), so the epochs differ
+    # per dataset and the iterations do not; 320 of the 1,600 COVID images unlabelled, as the quick profile
+    "semi": Profile("semi", 96, (8, 16, 32, 64), (2, 2, 2), 0, 8, 1e-3, 8,
+                    {"ph2_l10": 600, "ph2_l25": 300, "ph2": 60, "covid_semi": 120}, 320, 3, (),
+                    val_points=20, dice_batch=True, norm="instance"),
     # seconds, for the smoke test only: numbers meaningless
     "toy": Profile("toy", 32, (4, 8), (2,), 0, 4, 1e-3, 8,
                    {"covid_pseudo": 1, "covid_both": 1, "covid_doctor": 1, "ph2": 1}, 8, 2, (NoiseLevel("dilate_erode", 3),),
@@ -232,7 +252,7 @@ class RunConfig:
 
     Args:
         dataset: prepared dataset name (``covid_pseudo``, ``covid_both``, ``covid_doctor``, ``ph2``,
-            ``ph2_<noise>``).
+            ``ph2_<noise>``, and for protocol 6 ``covid_semi``, ``ph2_l10``, ``ph2_l25``).
         paradigm: a registered paradigm (:data:`PARADIGMS`): ``"standard"`` (MONAI ``SupervisedTrainer``),
             ``"dale"`` (``DALETrainer``) or one of ``accuracy_paradigms.py`` (``gce``, ``sce``, ``coteaching``,
             ``trinet``).
@@ -287,29 +307,35 @@ class Paradigm:
             diagnostics handler with ``means()`` (or None). ``common`` holds the keyword arguments every MONAI
             trainer takes (device, max_epochs, train_data_loader, network, optimizer, loss_function,
             ``decollate=False``); ``extras`` holds ``make_network`` (a fresh, freshly initialised network of the
-            profile on the device, for paradigms that train several), ``lr`` (the profile's Adam rate) and
-            ``meta_loader`` (a function returning a loader of :func:`meta_split`'s clean cases, batches of the
-            profile's size, no augmentation).
+            profile on the device, for paradigms that train several), ``lr`` (the profile's Adam rate),
+            ``profile`` (the :class:`Profile`), ``meta_loader`` (a function returning a loader of
+            :func:`meta_split`'s clean cases, batches of the profile's size, no augmentation) and, for
+            ``unlabeled`` paradigms, ``unlabeled_loader``.
         files: repository paths of the library sources the paradigm uses beyond :data:`CORE_FILES`.
         partition: the training pipeline ends with ``FuzzyPartitiond`` (the run's partition options).
+        unlabeled: the paradigm is semi-supervised: it trains on the dataset's ``unlabeled`` section too, and
+            ``extras["unlabeled_loader"]`` holds a loader of those images (the training flips and rotations, the
+            profile's batch size, shuffled, last partial batch dropped), built after the labelled loader and the
+            network so that a paradigm's labelled data order and initialisation stay those of ``standard``.
     """
 
     build: Callable[[Any, dict, dict], tuple[Any, Any]]
     files: tuple[str, ...] = ()
     partition: bool = False
+    unlabeled: bool = False
 
 
 #: registered paradigms; ``standard`` and ``dale`` here, the others in ``accuracy_paradigms.py``
 PARADIGMS: dict[str, Paradigm] = {}
 
 
-def register_paradigm(name: str, files: Sequence[str] = (), partition: bool = False):
+def register_paradigm(name: str, files: Sequence[str] = (), partition: bool = False, unlabeled: bool = False):
     """Decorator registering ``build`` as the paradigm ``name`` (see :class:`Paradigm`)."""
 
     def deco(build):
         if name in PARADIGMS:
             raise ValueError(f"paradigm {name!r} is registered twice")
-        PARADIGMS[name] = Paradigm(build, tuple(files), partition)
+        PARADIGMS[name] = Paradigm(build, tuple(files), partition, unlabeled)
         return build
 
     return deco
@@ -393,7 +419,11 @@ def prepare_dataset(name: str, src_root: Path, work: Path, noise: NoiseLevel | N
         name: ``covid_pseudo`` (train on the 1,600 pseudo-labels, validate on the 50 doctor-labelled slices,
             test on the radiologists' test masks), ``covid_both`` (train on the pseudo-labels and 40 of the
             doctor-labelled slices, validate on the other 10, same test), ``covid_doctor`` (train/validate on
-            the same 40/10 split of the doctor-labelled slices, same test), ``ph2`` (fixed seed-0 70/10/20 split) or a PH2 noise level.
+            the same 40/10 split of the doctor-labelled slices, same test), ``covid_semi`` (``covid_doctor``'s
+            sections plus the 1,600 pseudo-labelled images without their masks as ``unlabeled``: ``--unlabeled
+            pseudo``), ``ph2`` (fixed seed-0 70/10/20 split), ``ph2_l10``/``ph2_l25`` (the same split with 10 % /
+            25 % of the training labels kept, the other training images ``unlabeled``: ``--labeled-fraction``) or
+            a PH2 noise level.
         src_root: the real-data folder (holding ``covid_semiseg/`` and ``ph2/``).
         work: folder of the converted data (gitignored; never inside the repository's tracked tree).
         noise: for a noisy PH2 copy, the level.
@@ -409,15 +439,19 @@ def prepare_dataset(name: str, src_root: Path, work: Path, noise: NoiseLevel | N
         src = src_root / "covid_semiseg"
         if not src.is_dir():
             raise DataMissing(f"COVID-SemiSeg not found at {src} (set DALE_DATA_DIR or --data-dir)")
+        if name == "covid_semi":
+            _data_prep(["covid_semiseg", "--src", src, "--out", out, "--unlabeled", "pseudo", "--seed", 0])
+            return datalist
         labels = {"covid_pseudo": "pseudo", "covid_both": "both", "covid_doctor": "doctor"}.get(name)
         if labels is None:
             raise ValueError(f"unknown benchmark dataset {name!r}")
         _data_prep(["covid_semiseg", "--src", src, "--out", out, "--train-labels", labels, "--seed", 0])
-    elif name == "ph2":
+    elif name == "ph2" or name in LABELED_FRACTIONS:
         src = src_root / "ph2"
         if not src.is_dir():
             raise DataMissing(f"PH2 not found at {src} (set DALE_DATA_DIR or --data-dir)")
-        _data_prep(["ph2", "--src", src, "--out", out, "--seed", 0])
+        fraction = ["--labeled-fraction", LABELED_FRACTIONS[name]] if name in LABELED_FRACTIONS else []
+        _data_prep(["ph2", "--src", src, "--out", out, "--seed", 0, *fraction])
     elif noise is not None:
         clean = prepare_dataset("ph2", src_root, work)
         _data_prep(["noise", "--datalist", clean, "--out", out, "--protocol", noise.protocol, "--k", noise.k,
@@ -425,6 +459,10 @@ def prepare_dataset(name: str, src_root: Path, work: Path, noise: NoiseLevel | N
     else:
         raise ValueError(f"unknown benchmark dataset {name!r}")
     return datalist
+
+
+#: the semi-supervised PH2 datasets of protocol 6 and the share of the training labels each keeps
+LABELED_FRACTIONS = {"ph2_l10": 0.1, "ph2_l25": 0.25}
 
 
 def _read_image(path: str, size: int) -> np.ndarray:
@@ -455,14 +493,14 @@ def load_split(datalist: Path, section: str, size: int, subset: int | None = Non
 
     Args:
         datalist: the MONAI datalist JSON.
-        section: ``training``, ``validation`` or ``test``.
+        section: ``training``, ``validation``, ``test`` or ``unlabeled``.
         size: side of the square benchmark resolution.
         subset: keep this many of the entries under a ``pseudo`` folder (drawn with seed 0), and all others.
 
     Returns:
-        dicts with ``image`` (C, S, S), ``label`` (1, S, S), ``name``, ``trusted`` (False for the entries under a
-        ``pseudo`` folder: model-generated labels) and ``label_clean`` when the entry has one (injected-noise
-        training sets keep the clean label there).
+        dicts with ``image`` (C, S, S), ``label`` (1, S, S; absent for entries without one, as in ``unlabeled``),
+        ``name``, ``trusted`` (False for the entries under a ``pseudo`` folder: model-generated labels) and
+        ``label_clean`` when the entry has one (injected-noise training sets keep the clean label there).
     """
     entries = load_decathlon_datalist(str(datalist), data_list_key=section)
     pool = [i for i, e in enumerate(entries) if "pseudo" in Path(e["image"]).parts]
@@ -471,8 +509,10 @@ def load_split(datalist: Path, section: str, size: int, subset: int | None = Non
         entries = [e for i, e in enumerate(entries) if i in keep or i not in set(pool)]
     items = []
     for e in entries:
-        item = {"image": _read_image(e["image"], size), "label": _read_label(e["label"], size),
-                "name": Path(e["image"]).stem, "trusted": "pseudo" not in Path(e["image"]).parts}
+        item = {"image": _read_image(e["image"], size), "name": Path(e["image"]).stem,
+                "trusted": "pseudo" not in Path(e["image"]).parts}
+        if "label" in e:
+            item["label"] = _read_label(e["label"], size)
         if "label_clean" in e:
             item["label_clean"] = _read_label(e["label_clean"], size)
         items.append(item)
@@ -668,8 +708,15 @@ def _build_dale(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, "_DALE
 
 
 def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val: list[dict],
-                       test: list[dict]) -> tuple[dict, dict[str, np.ndarray], dict[str, Any]]:
+                       test: list[dict], unlabeled: list[dict] | None = None
+                       ) -> tuple[dict, dict[str, np.ndarray], dict[str, Any]]:
     """Train one run and score its final and its best-validation weights on ``test``.
+
+    ``unlabeled`` (items without labels) feeds the paradigms registered with ``unlabeled=True``; the others
+    ignore it.
+
+    Raises:
+        ValueError: a semi-supervised paradigm without unlabelled items.
 
     Returns:
         the run record (config, metrics of the final weights, ``metrics_best`` of the weights at the best
@@ -697,8 +744,17 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
         return DataLoader(meta, batch_size=min(profile.batch, len(meta)), shuffle=True, num_workers=0)
 
     extras = {"make_network": lambda: _network(profile, in_channels).to(device), "lr": profile.lr,
-              "meta_loader": meta_loader}
-    trainer, stats = paradigm(cfg.paradigm).build(cfg, common, extras)
+              "profile": profile, "meta_loader": meta_loader}
+    par = paradigm(cfg.paradigm)
+    if par.unlabeled:
+        if not unlabeled:
+            raise ValueError(f"paradigm {cfg.paradigm!r} is semi-supervised and dataset {cfg.dataset!r} has no "
+                             "unlabelled images (an 'unlabeled' datalist section: covid_semi, ph2_l10, ph2_l25)")
+        images = [{"image": torch.as_tensor(it["image"])} for it in unlabeled]
+        extras["unlabeled_loader"] = DataLoader(
+            Dataset(images, transform=_train_transform(cfg, profile, ("image",))), batch_size=profile.batch,
+            shuffle=True, num_workers=0, drop_last=len(images) >= profile.batch)
+    trainer, stats = par.build(cfg, common, extras)
     iterations = epochs * len(loader)
     curve = _Curve(net, val, device, every=max(1, iterations // max(1, profile.val_points)))
     curve.attach(trainer)
@@ -726,6 +782,7 @@ def train_and_evaluate(cfg: RunConfig, profile: Profile, train: list[dict], val:
         "train_wall_s": curve.wall,
         "train_cpu_s": curve.cpu,
         "n_train": len(train),
+        "n_unlabeled": len(unlabeled) if par.unlabeled and unlabeled else 0,
         "n_test": len(test),
         "in_channels": in_channels,
     }
@@ -766,7 +823,7 @@ def run_cached(cfg: RunConfig, profile: Profile, splits: dict[str, list[dict]], 
         return json.loads(js.read_text()), arrays, torch.load(pt, weights_only=True)
     t0 = time.perf_counter()
     record, arrays, weights = train_and_evaluate(cfg, profile, splits["training"], splits["validation"],
-                                                 splits["test"])
+                                                 splits["test"], splits.get("unlabeled"))
     record["total_s"] = time.perf_counter() - t0
     for path, write in ((npz, lambda f: np.savez_compressed(f, **arrays)),
                         (js, lambda f: f.write(json.dumps(record, indent=1, default=float).encode())),

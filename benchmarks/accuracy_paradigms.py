@@ -1,4 +1,4 @@
-"""The noisy-label paradigms of the accuracy benchmarks besides ``standard`` and ``dale`` (issue 11).
+"""The paradigms of the accuracy benchmarks besides ``standard`` and ``dale``: noisy-label, semi-supervised.
 
 Each is registered with :func:`accuracy_core.register_paradigm`: its cached runs depend on the core sources,
 the library files listed here and the source of its own build function, so adding or changing one paradigm
@@ -138,3 +138,86 @@ def _build_clcs(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, _CLCSS
     stats = _CLCSStats()
     stats.attach(trainer)
     return trainer, stats
+
+
+# ------------------------------------------------------------------------------------------ semi-supervised (issue 13)
+# Protocol 6. Each trains on the labelled loader and extras["unlabeled_loader"] (registered with unlabeled=True);
+# the epoch is one pass over the labelled loader (the trainers' default), so every arm of a dataset takes the
+# iterations of `standard` on the labelled part; the unsupervised weight ramps up over the whole run; every other
+# setting is the trainer's default (their docstrings give the sources: SSL4MIS for the mean teacher and CPS, the
+# USB-style re-implementation for GapMatch, ours where no source exists).
+_SEMI_FILES = ("dale_monai/semisup.py", "dale_monai/engines/semisup.py", "dale_monai/engines/multi_network.py")
+
+
+def _semi_kwargs(common: dict, extras: dict) -> dict:
+    rest = {k: v for k, v in common.items() if k not in ("network", "optimizer")}
+    return {**rest, "unlabeled_data_loader": extras["unlabeled_loader"]}
+
+
+@register_paradigm("meanteacher", unlabeled=True, files=_SEMI_FILES + ("dale_monai/engines/mean_teacher.py",))
+def _build_meanteacher(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Mean teacher: EMA teacher (0.99), consistency MSE weight 0.1 ramped over the run, input noise 0.1/0.2."""
+    from dale_monai.engines.mean_teacher import MeanTeacherTrainer
+
+    return MeanTeacherTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
+                              **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("cps", unlabeled=True, files=_SEMI_FILES + ("dale_monai/engines/cps.py",))
+def _build_cps(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Cross pseudo supervision: two networks, hard pseudo-labels both ways, weight 0.1 ramped over the run."""
+    from dale_monai.engines.cps import CrossPseudoSupervisionTrainer
+
+    nets, opts = _networks(common, extras, 2)
+    return CrossPseudoSupervisionTrainer(networks=nets, optimizers=opts, **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("fixeddynamic", unlabeled=True, files=_SEMI_FILES + ("dale_monai/fixed_dynamic.py",
+                                                                         "dale_monai/engines/fixed_dynamic.py"))
+def _build_fixeddynamic(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """Fixed + dynamic pseudo-labels: two subnets, shifted crops, COM, CutMix (the trainer's defaults, but crops
+    rounded to a multiple of the profile's UNet stride instead of 32: 72 px crops at 96 px, shifted by 9 px)."""
+    from dale_monai.engines.fixed_dynamic import FixedDynamicTrainer
+
+    nets, opts = _networks(common, extras, 2)
+    stride = 2 ** len(extras["profile"].strides)
+    return FixedDynamicTrainer(networks=nets, optimizers=opts, size_multiple=stride,
+                               **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("dalepl", unlabeled=True, files=_SEMI_FILES + (
+        "dale_monai/engines/dale_pseudo.py", "dale_monai/engines/mean_teacher.py", "dale_monai/meta.py",
+        "dale_monai/engines/dale_events.py", "dale_monai/feature_layers.py"))
+def _build_dalepl(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """DALE on pseudo-labels: the EMA teacher's pseudo-labels through the partition (the profile's patch, τ 0.9)
+    and the ω meta step (``OmegaMetaStep`` reduction mean, as protocol 1's ``dale``), weight 1 ramped."""
+    from dale_monai.engines.dale_pseudo import DALEPseudoLabelTrainer
+    from dale_monai.meta import OmegaMetaStep
+
+    return DALEPseudoLabelTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
+                                  omega_step=OmegaMetaStep(reduction="mean", method="jvp"),
+                                  patch_size=extras["profile"].patch, tau=0.9, **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("gapmatch", unlabeled=True, files=_SEMI_FILES + ("dale_monai/gapmatch.py",
+                                                                     "dale_monai/fixed_dynamic.py",
+                                                                     "dale_monai/engines/gapmatch.py"))
+def _build_gapmatch(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """GapMatch (reconstructed): p_cutoff 0.95, ε 0.01, α 1, weight 1 ramped over the run."""
+    from dale_monai.engines.gapmatch import GapMatchTrainer
+
+    return GapMatchTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
+                           **_semi_kwargs(common, extras)), None
+
+
+@register_paradigm("arco", unlabeled=True, files=_SEMI_FILES + ("dale_monai/arco.py", "dale_monai/engines/arco.py",
+                                                                 "dale_monai/engines/mean_teacher.py",
+                                                                 "dale_monai/feature_layers.py"))
+def _build_arco(cfg: RunConfig, common: dict, extras: dict) -> tuple[Any, None]:
+    """ARCO: the mean teacher (as ``meanteacher``) plus the stratified-sampling pixel contrastive loss on the UNet's
+    pre-head features with the public code's defaults (k1 0.01, τ 0.5, 256 anchors, 512 negatives, banks of
+    30,000 / 50,000)."""
+    from dale_monai.engines.arco import ARCOTrainer
+
+    return ARCOTrainer(networks=[common["network"]], optimizers=[common["optimizer"]],
+                       **_semi_kwargs(common, extras)), None

@@ -1030,6 +1030,8 @@ SEMISUP_PARADIGMS = {
                          "DALE's partition and ω steps, beside the supervised loss)",
     "gapmatch_train.json": "GapMatch (confidence-filtered weak-to-strong pseudo-labels plus a SAM-style model "
                            "perturbation; reconstructed from the abstract and public re-implementations)",
+    "arco_train.json": "ARCO (the mean teacher plus a pixel contrastive loss with stratified anchor and negative "
+                       "sampling and per-class memory banks; public-code defaults, without its optional extras)",
 }
 
 
@@ -1193,6 +1195,35 @@ def gapmatch_overlay(train: dict, ds: dict) -> dict:
     }
 
 
+def arco_overlay(train: dict, ds: dict) -> dict:
+    """ARCO: the mean teacher's student and teacher, the memory banks as a config object (saved in the last
+    checkpoint), ARCOTrainer."""
+    return {
+        # charlesyou999648/ARCO (train_arco_2d.py, loss_helper.py): k1 0.01, τ 0.5, 256 anchors per class, 512
+        # negatives per anchor, banks of 30,000 (50,000 background), entropy α 20 %, 4 x 4 strata; the mean
+        # teacher's settings as meanteacher_train.json (SSL4MIS)
+        "arco": {**_SEMISUP_COMMON, "unsup_weight": 0.1, "ema_decay": 0.99, "noise_std": 0.1, "noise_clip": 0.2,
+                 "contrast_weight": 0.01, "temperature": 0.5, "anchors_per_class": 256, "negatives_per_anchor": 512,
+                 "entropy_percent": 20.0, "entropy_length": None, "anchor_threshold": 0.3, "negative_threshold": 0.97, "strata_cuts": 4,
+                 "feature_layer": None,
+                 "memory_bank": {"_target_": "dale_monai.arco.ClassMemoryBank", "capacity": 30000,
+                                 "background_capacity": 50000}},
+        **_unlabeled_pipeline(ds),
+        "teacher": {"_target_": "dale_monai.semisup.ema_teacher", "network": "@network"},
+        "train#trainer": _semisup_trainer(
+            "dale_monai.engines.ARCOTrainer", "arco", networks="$[@network]", optimizers="$[@optimizer]",
+            teacher="@teacher", memory_bank="@arco#memory_bank", ema_decay="@arco#ema_decay",
+            noise_std="@arco#noise_std", noise_clip="@arco#noise_clip", contrast_weight="@arco#contrast_weight",
+            temperature="@arco#temperature", anchors_per_class="@arco#anchors_per_class",
+            negatives_per_anchor="@arco#negatives_per_anchor", entropy_percent="@arco#entropy_percent",
+            entropy_length="@arco#entropy_length",
+            anchor_threshold="@arco#anchor_threshold", negative_threshold="@arco#negative_threshold",
+            strata_cuts="@arco#strata_cuts", feature_layer="@arco#feature_layer"),
+        **_NO_DALE,
+        **_save_dict(train, {"teacher": "@teacher", "memory_bank": "@arco#memory_bank"}),
+    }
+
+
 def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
     """``configs/<paradigm>_train.json`` → overlay, for every paradigm of :data:`SEMISUP_PARADIGMS`."""
     train = train_config(name, ds, bb)
@@ -1202,6 +1233,7 @@ def semisup_overlays(name: str, ds: dict, bb: dict) -> dict[str, dict]:
         "fixeddynamic_train.json": fixeddynamic_overlay(train, ds, bb),
         "dalepl_train.json": dalepl_overlay(train, ds),
         "gapmatch_train.json": gapmatch_overlay(train, ds),
+        "arco_train.json": arco_overlay(train, ds),
     }
     assert set(out) == set(SEMISUP_PARADIGMS)
     return out
@@ -1220,7 +1252,8 @@ def semisup_readme(name: str, ds: dict) -> str:
 The epoch is one pass over the labelled set (`--<section>#epoch_length unlabeled`, or a number of iterations);
 the unsupervised weight ramps up over the whole run (`--<section>#rampup_length N` iterations), sections
 `meanteacher`, `cps`, `fixeddynamic`, `dalepl` (which takes its partition and ω settings from `dale`),
-`gapmatch` (no AMP);
+`gapmatch` (no AMP), `arco` (its contrastive loss on the input of the network's segmentation head,
+`--arco#feature_layer` for another module; memory banks `--arco#memory_bank#capacity`);
 `--unlabeled_batch_size` sets the unlabelled batch. Fixed + dynamic
 pseudo-labels train on crops of 0.75 of the input side, rounded down to a multiple of 32, shifted by an eighth
 of the crop (`--fixeddynamic#crop_fraction`, `#size_multiple`, `#shift_fraction`; all three are this project's

@@ -144,6 +144,54 @@ def test_injected_noise_toy_writes_tables_and_figures(tmp_path, monkeypatch):
     assert sorted(line for line in table2.splitlines() if line.startswith("| ph2")) == sorted(rows), table2
 
 
+def test_semisup_toy_trains_every_arm_on_two_loaders(tmp_path, monkeypatch):
+    """Protocol 6 at toy size: every semi-supervised arm draws from the unlabelled section, ``full`` trains on the
+    fully labelled dataset and is reported in the semi-supervised dataset's rows, the cost table is written."""
+    monkeypatch.setenv("DALE_DATA_DIR", str(_fake_ph2(tmp_path / "data", n=32)))
+    out, work = tmp_path / "out", tmp_path / "work"
+    arms = ["meanteacher", "cps", "fixeddynamic", "dalepl", "gapmatch", "arco", "full"]
+    argv = ["semisup", "--profile", "toy", "--seeds", "1", "--datasets", "ph2_l25", "--arms", ",".join(arms),
+            "--out", str(out), "--work", str(work)]
+    assert accuracy.main(argv) == 0
+    res = out / "semisup_toy_ph2_l25"
+    _, runs = _read(res / "runs.csv")
+    assert {r["arm"] for r in runs if r["weights"] == "final"} == {"standard", *arms}
+    assert {r["dataset"] for r in runs} == {"ph2_l25"}
+    # equal iterations: the epoch is one pass over the labelled loader for every arm but the upper bound
+    iterations = {r["arm"]: int(r["iterations"]) for r in runs if r["weights"] == "final"}
+    assert len({v for a, v in iterations.items() if a != "full"}) == 1
+    import json
+
+    datalist = json.loads((work / "ph2_l25" / "datalist.json").read_text())
+    assert datalist["unlabeled"] and all("label" not in e for e in datalist["unlabeled"])
+    records = {json.loads(p.read_text())["config"]["paradigm"]: json.loads(p.read_text())
+               for p in (work / "runs").glob("*.json")}
+    assert records["meanteacher"]["n_unlabeled"] == len(datalist["unlabeled"]) > 0
+    assert records["standard"]["n_unlabeled"] == 0
+    assert {json.loads(p.read_text())["config"]["dataset"] for p in (work / "runs").glob("*.json")} == {
+        "ph2_l25", "ph2"}  # `full` trained on the fully labelled conversion
+    cols, cost = _read(res / "cost.csv")
+    assert cols == ["dataset", "arm", "seeds", "iterations", "train_cpu_s", "cpu_s_per_iteration",
+                    "per_iteration_vs_standard"]
+    assert {r["arm"] for r in cost} == {"standard", *arms}
+    assert float(next(r for r in cost if r["arm"] == "standard")["per_iteration_vs_standard"]) == 1.0
+    _, comps = _read(res / "comparisons.csv")
+    assert {c["arm"] for c in comps if c["metric"] == "dice"} >= set(arms)
+    readme = (res / "README.md").read_text()
+    assert "Protocol 6" in readme and "per iteration vs standard" in readme
+
+
+def test_semisup_paradigm_without_unlabeled_data_is_refused():
+    import accuracy_core as ac
+
+    cfg = ac.RunConfig(dataset="ph2", paradigm="meanteacher", seed=0, profile="toy", profile_fields="{}")
+    item = {"image": np.zeros((3, 32, 32), np.float32), "label": np.zeros((1, 32, 32), np.float32), "name": "a"}
+    with pytest.raises(ValueError, match="no unlabelled images"):
+        ac.train_and_evaluate(cfg, ac.PROFILES["toy"], [item] * 4, [item], [item], unlabeled=None)
+    with pytest.raises(ValueError, match="--profile semi"):
+        ac.PROFILES["long"].epochs_for("covid_semi")
+
+
 def test_missing_data_skips_with_message(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DALE_DATA_DIR", str(tmp_path / "nothing"))
     argv = ["3", "--profile", "toy", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
@@ -217,7 +265,7 @@ def test_profile_settings_and_external_test_datalist_are_checked(tmp_path, capsy
 
 def test_unknown_protocol_and_arm_are_refused(tmp_path):
     with pytest.raises(SystemExit):
-        accuracy.main(["6", "--out", str(tmp_path)])
+        accuracy.main(["7", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         accuracy.main(["1", "--arms", "dale,bogus", "--out", str(tmp_path)])
 

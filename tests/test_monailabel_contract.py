@@ -363,7 +363,7 @@ def test_every_paradigm_overlay_is_covered():
     assert PARADIGM_OVERLAYS == sorted(["coteaching_train.json", "trinet_train.json", "mwnet_train.json",
                                         "gce_train.json", "sce_train.json", "meanteacher_train.json",
                                         "cps_train.json", "fixeddynamic_train.json", "dalepl_train.json",
-                                        "gapmatch_train.json", "clcs_train.json"])
+                                        "gapmatch_train.json", "clcs_train.json", "arco_train.json"])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -28,6 +28,7 @@ SEMISUP = {
     "fixeddynamic_train.json": ("FixedDynamicTrainer", "fixeddynamic", {"model_1", "optimizer_1"}),
     "dalepl_train.json": ("DALEPseudoLabelTrainer", "dalepl", {"teacher"}),
     "gapmatch_train.json": ("GapMatchTrainer", "gapmatch", set()),
+    "arco_train.json": ("ARCOTrainer", "arco", {"teacher", "memory_bank"}),
 }
 #: the fixed + dynamic crops need room: 0.75 of 64 is one multiple of 32, shifted by 4 both ways
 RUN_SIZE = {"fixeddynamic_train.json": [64, 64]}
@@ -185,11 +186,13 @@ def test_two_epochs_through_the_bundle(overlay, tmp_path, tiny_semi):
     assert (root / "eval" / "metrics.csv").is_file()
 
 
-@pytest.mark.parametrize("overlay", ["meanteacher_train.json", "dalepl_train.json"])
+@pytest.mark.parametrize("overlay", ["meanteacher_train.json", "dalepl_train.json", "arco_train.json"])
 def test_resume_through_the_bundle_is_bit_identical(overlay, tmp_path, tiny_semi):
     section = SEMISUP[overlay][1]
     # 3 iterations per epoch: 2 labelled batches and 2 unlabelled ones, both cycled within the epoch
     settings = {f"{section}#epoch_length": 3, f"{section}#rampup_length": 6}
+    if overlay == "arco_train.json":  # α_t's schedule over a fixed length, as the ramp-up's
+        settings["arco#entropy_length"] = 6
     root = tmp_path / "resumed"
     _train(root, tiny_semi, overlay, **settings)
     _train(root, tiny_semi, overlay, num_epochs=2, resume=True, **settings)
@@ -198,5 +201,9 @@ def test_resume_through_the_bundle_is_bit_identical(overlay, tmp_path, tiny_semi
     straight = tmp_path / "straight"
     _train(straight, tiny_semi, overlay, num_epochs=2, **settings)
     reference = torch.load(straight / "models" / "checkpoint_last.pt", weights_only=True)
-    for key in ("model", *SEMISUP[overlay][2] - {"optimizer_1"}):
+    for key in ("model", *SEMISUP[overlay][2] - {"optimizer_1", "memory_bank"}):
         assert all(torch.equal(resumed[key][k], v) for k, v in reference[key].items()), key
+    if "memory_bank" in SEMISUP[overlay][2]:  # the negatives of the resumed run are those of the straight one
+        queues = resumed["memory_bank"]["queues"]
+        assert queues and queues.keys() == reference["memory_bank"]["queues"].keys()
+        assert all(torch.equal(q, reference["memory_bank"]["queues"][c]) for c, q in queues.items())

@@ -1,3 +1,4 @@
+from .arco import ARCOKeys, ARCOTrainer
 from .clcs import CLCSKeys, CLCSTrainer
 from .coteaching import CoTeachingTrainer
 from .cps import CrossPseudoSupervisionTrainer
@@ -16,4 +17,5 @@ __all__ = ["DALETrainer", "DALEEvents", "DALEKeys", "MASK_MODES", "NONFINITE_POL
            "MultiNetworkTrainer", "MultiNetworkKeys", "optimizer_like", "CoTeachingTrainer", "TriNetTrainer",
            "MetaReweightTrainer", "MetaReweightKeys", "SemiSupervisedTrainer", "SemiSupervisedKeys", "PairedBatches",
            "MeanTeacherTrainer", "MeanTeacherKeys", "CrossPseudoSupervisionTrainer", "FixedDynamicTrainer",
-           "FixedDynamicKeys", "DALEPseudoLabelTrainer", "GapMatchTrainer", "GapMatchKeys", "CLCSTrainer", "CLCSKeys"]
+           "FixedDynamicKeys", "DALEPseudoLabelTrainer", "GapMatchTrainer", "GapMatchKeys", "CLCSTrainer", "CLCSKeys",
+           "ARCOTrainer", "ARCOKeys"]

@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import accuracy  # noqa: E402
 import accuracy_core as ac  # noqa: E402
+import paradigm_table  # noqa: E402
 from test_accuracy_smoke import _fake_ph2  # noqa: E402
 
 
@@ -51,6 +52,15 @@ def test_paradigm_arms_run_and_are_tabled(tmp_path, monkeypatch):
     want = {"standard", *arms}
     assert {r["arm"] for r in runs} == want | {a + "@best" for a in want}
     assert all(0 <= float(r["dice"]) <= 1 and float(r["train_cpu_s"]) > 0 for r in runs)
+    md = paradigm_table.table(out / "injected_noise_toy")
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(lines) == 2 * (1 + len(want))  # a header and one row per arm, final and best-validation weights
+    n_ds = len({r["dataset"] for r in runs})
+    assert all(ln.count("|") == n_ds + 3 for ln in lines)  # arm, the datasets, CPU
+    assert md.count("**") == 2 * 2 * n_ds  # the best arm of each dataset, final and best-validation weights
+    assert "(1.0×)" in md and f"uncorrected for the {6 * n_ds} comparisons" in md
+    with pytest.raises(FileNotFoundError):
+        paradigm_table.table(tmp_path)
     versions = {p: ac.code_version(p) for p in ("standard", "mwnet", "l2rw", "coteaching")}
     assert len(set(versions.values())) == 4  # each arm's cached runs depend on its own code
 

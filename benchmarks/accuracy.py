@@ -63,6 +63,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -99,7 +100,7 @@ from accuracy_report import (  # noqa: E402
     write_csv,
 )
 
-__all__ = ["ARMS", "PROTOCOLS", "Protocol", "main"]
+__all__ = ["ARMS", "PROTOCOLS", "Protocol", "main", "result_folder"]
 
 #: how the bundles apply the partition masks (chosen on validation Dice by select_variant.py)
 _SHIPPED = dict(mask_mode="weight", mask_inputs=False)
@@ -200,6 +201,14 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
 BEST = "@best"
 
 _ALIASES = {**{str(p.number): n for n, p in PROTOCOLS.items()}, **{f"p{p.number}": n for n, p in PROTOCOLS.items()}}
+
+
+def result_folder(protocol: str, profile: str, datasets: Sequence[str] | None = None, sets: Sequence[str] = ()) -> str:
+    """Name of the results folder ``main`` writes for a protocol (its name, not number), a profile, the
+    ``--datasets`` given (``None``: the protocol's own) and the ``--set FIELD=VALUE`` items, without
+    ``--test-datalist``'s suffix."""
+    suffix = ("_" + "+".join(datasets)) if datasets else ""
+    return f"{protocol}_{profile}{suffix}" + "".join("_" + item.replace("=", "-") for item in sets)
 
 
 def _git(*args: str) -> str:
@@ -539,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     ds_names = args.datasets.split(",") if args.datasets else [d for d in protocol.datasets if d != "noise"] + (
         [f"ph2_{n}" for n in levels] if "noise" in protocol.datasets else [])
     work, src = Path(args.work), data_dir(args.data_dir)
-    suffix = ("_" + "+".join(ds_names)) if args.datasets else ""
-    suffix += "".join("_" + item.replace("=", "-") for item in args.set)
+    suffix = result_folder(protocol.name, profile.name, ds_names if args.datasets else None, args.set)[
+        len(f"{protocol.name}_{profile.name}"):]
     ext_test = None
     if args.test_datalist:
         ext = Path(args.test_datalist)

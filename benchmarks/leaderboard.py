@@ -223,6 +223,9 @@ def plot_setting(path: Path, setting: Setting, runs: list[dict]) -> bool:
     fig, axes = plt.subplots(1, len(datasets), figsize=(max(4.0, 0.75 * len(arms)) * len(datasets), 3.8),
                              squeeze=False)
     for ax, ds in zip(axes[0], datasets):
+        ref = [r["dice"] for r in runs if r["dataset"] == ds and r["arm"] == "standard"]
+        if ref:
+            ax.axhline(float(np.mean(ref)), ls=":", lw=0.8, color="#7f7f7f")  # the baseline every arm is tested against
         for x, arm in enumerate(arms):
             for dx, suffix, filled in ((-0.15, "", True), (0.15, BEST, False)):
                 v = np.array([r["dice"] for r in runs if r["dataset"] == ds and r["arm"] == arm + suffix], float)
@@ -237,7 +240,8 @@ def plot_setting(path: Path, setting: Setting, runs: list[dict]) -> bool:
         ax.set_title(ds, fontsize=9)
         ax.set_ylabel("test Dice")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{setting.title}\nfilled: final weights, open: best-validation weights; red: mean and 95 % CI",
+    fig.suptitle(f"{setting.title}\nfilled: final weights, open: best-validation weights; red: mean and 95 % CI; "
+                 "dotted: standard's mean (final weights)",
                  fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -14,17 +14,19 @@ neither is part of training:
   the trainer after ``iterations`` iterations (default :data:`ITERATIONS`). The probe fires after every handler
   the paradigm attached (EMA teachers, statistics), so the iterations are measured whole.
 
-Every arm runs in a fresh subprocess (one at a time), so no arm inherits another's allocator state. On the CPU the
-result is the peak resident set size over the set-up's (``VmHWM`` after a ``/proc/self/clear_refs`` reset; see
-``peak_memory.py``, which says how it falls back where the reset is unavailable); with a CUDA profile it is
+Every arm runs in a fresh subprocess (one at a time), so no arm inherits another's allocator state; with
+``--repeats k`` each arm is measured k times, the k-th measurements of all arms one after the other, and the
+median is reported with the range. On the CPU the result is the peak resident set size over the set-up's
+(``VmHWM`` after a ``/proc/self/clear_refs`` reset; see ``peak_memory.py``, which says how it falls back where
+the reset is unavailable); with a CUDA profile it is
 ``torch.cuda.max_memory_allocated`` over ``memory_allocated`` at the same point. Both are in MiB, and each arm's
 ratio is to ``standard`` of the same command (always measured). The early iterations are the run's steady state
 as far as memory goes, with one exception: CLCS's warm-up epochs select every pixel, but compute the same loss
 maps as after them.
 
 Results are cached per (arm's ``RunConfig`` including the profile's fields and the dataset, the code version of
-its paradigm as ``accuracy_core.code_version`` hashes it, this file, iterations) in ``<work>/arm_memory/``, so a
-re-run measures only what is missing. ``<out>/arm_memory_<profile>_<dataset>.{json,md}`` hold the table, the
+its paradigm as ``accuracy_core.code_version`` hashes it, this file and ``peak_memory.py``, iterations, repeat) in
+``<work>/arm_memory/``, so a re-run measures only what is missing. ``<out>/arm_memory_<profile>_<dataset>.{json,md}`` hold the table, the
 command and the commit (rewritten only with ``--overwrite``).
 
 Usage::
@@ -74,7 +76,7 @@ from accuracy_core import (  # noqa: E402
 )
 from peak_memory import PeakMemory  # noqa: E402
 
-__all__ = ["ITERATIONS", "arm_config", "measure", "markdown", "write_report", "main"]
+__all__ = ["ITERATIONS", "resolve_profile", "arm_config", "measure", "markdown", "write_report", "main"]
 
 #: training iterations measured per arm
 ITERATIONS = 5
@@ -129,9 +131,9 @@ def _tool_version() -> str:
     return h.hexdigest()[:12]
 
 
-def _key(cfg: RunConfig, iterations: int, device: str) -> str:
-    text = json.dumps({"run": cfg.key(), "iterations": iterations, "device": device, "tool": _tool_version()},
-                      sort_keys=True)
+def _key(cfg: RunConfig, iterations: int, device: str, repeat: int) -> str:
+    text = json.dumps({"run": cfg.key(), "iterations": iterations, "device": device, "repeat": repeat,
+                       "tool": _tool_version()}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -193,9 +195,9 @@ def _measure_here(spec: dict) -> dict:
                            f"batch {profile.batch}, last partial batch dropped)")
     return {"arm": spec["arm"], "dataset": spec["dataset"], "trained_dataset": cfg.dataset, "profile": profile.name,
             "paradigm": cfg.paradigm, "run_key": cfg.key(), "code_version": spec["code_version"],
-            "iterations_requested": spec["iterations"], **probe.result, "total_iterations": record["iterations"],
-            "n_train": len(train), "n_unlabeled": len(unlabeled or []), "device": profile.device,
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "iterations_requested": spec["iterations"], "repeat": spec["repeat"], **probe.result,
+            "total_iterations": record["iterations"], "n_train": len(train), "n_unlabeled": len(unlabeled or []),
+            "device": profile.device, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "process_s": time.perf_counter() - t0}
 
 
@@ -203,8 +205,9 @@ def _measure_here(spec: dict) -> dict:
 
 
 def measure(profile: str, dataset: str, arms: Sequence[str], work: Path | str, *,
-            iterations: int = ITERATIONS, settings: Sequence[str] = (), data: Path | str | None = None,
-            use_cache: bool = True, log: Callable[[str], None] = print) -> dict[str, dict]:
+            iterations: int = ITERATIONS, repeats: int = 1, settings: Sequence[str] = (),
+            data: Path | str | None = None, use_cache: bool = True,
+            log: Callable[[str], None] = print) -> dict[str, dict]:
     """Peak training memory of each arm, one fresh subprocess per arm not yet in the cache.
 
     Args:
@@ -215,6 +218,7 @@ def measure(profile: str, dataset: str, arms: Sequence[str], work: Path | str, *
         arms: arm names of ``accuracy.ARMS``; ``standard`` is added first when absent (the ratios' reference).
         work: the benchmarks' work folder (converted datasets); results are cached in ``work/arm_memory``.
         iterations: training iterations per arm (fewer when a run has fewer).
+        repeats: measurements per arm, each in its own process (the result is their median).
         settings: ``accuracy.py``'s ``--set field=value`` profile changes.
         data: real-data folder (default ``$DALE_DATA_DIR``, else ``../shared/data``).
         use_cache: read cached results (False re-measures and replaces them).
@@ -222,16 +226,18 @@ def measure(profile: str, dataset: str, arms: Sequence[str], work: Path | str, *
 
     Returns:
         arm → result: ``increment_mib`` (peak over the use at the start of training, MiB), ``peak_mib``,
-        ``before_mib``, ``method``, ``iterations`` (measured), ``ratio_to_standard`` and the run's identity
-        (``run_key``: the key of the benchmark run it stands for, ``code_version``, ``trained_dataset``).
+        ``before_mib`` (medians over the repeats), ``increment_min_mib`` / ``increment_max_mib``, ``method``,
+        ``iterations`` (measured), ``ratio_to_standard`` (of the medians), ``measurements`` (each repeat's
+        record) and the run's identity (``run_key``: the key of the benchmark run it stands for,
+        ``code_version``, ``trained_dataset``).
 
     Raises:
         ValueError: an unknown profile, arm or dataset, or ``iterations`` < 1 (before anything is measured).
         accuracy_core.DataMissing: the dataset is neither prepared in ``work`` nor found in the data folder.
         RuntimeError: an arm's measuring process failed (its stderr's tail in the message).
     """
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    if iterations < 1 or repeats < 1:
+        raise ValueError(f"iterations and repeats must be at least 1, got {iterations} and {repeats}")
     prof = resolve_profile(profile, settings)
     arms = list(dict.fromkeys(["standard", *arms]))
     configs = {arm: arm_config(arm, dataset, prof) for arm in arms}  # every name checked before any work
@@ -240,24 +246,42 @@ def measure(profile: str, dataset: str, arms: Sequence[str], work: Path | str, *
     datalists = {ds: _datalist(ds, prof, work, src) for ds in dict.fromkeys(c.dataset for c in configs.values())}
     cache = work / "arm_memory"
     cache.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
-    for arm, cfg in configs.items():
-        path = cache / f"{_key(cfg, iterations, prof.device)}.json"
-        if use_cache and path.is_file():
-            results[arm] = json.loads(path.read_text())
-            log(f"{arm:>14}: {results[arm]['increment_mib']:8.1f} MiB (cached {path.name})")
-            continue
-        spec = {"arm": arm, "dataset": dataset, "profile": profile, "settings": list(settings),
-                "config": dataclasses.asdict(cfg), "datalist": str(datalists[cfg.dataset]), "iterations": iterations,
-                "code_version": code_version(cfg.paradigm), "out": str(path)}
-        _run_child(spec)
-        results[arm] = json.loads(path.read_text())
-        log(f"{arm:>14}: {results[arm]['increment_mib']:8.1f} MiB ({results[arm]['iterations']} iterations, "
-            f"{results[arm]['method']})")
+    paths = {(arm, r): cache / f"{_key(cfg, iterations, prof.device, r)}.json"
+             for arm, cfg in configs.items() for r in range(repeats)}
+    # repeats outermost: every arm's k-th measurement lies close in time to the others' (side by side)
+    for r in range(repeats):
+        for arm, cfg in configs.items():
+            path = paths[arm, r]
+            if use_cache and path.is_file():
+                log(f"{arm:>14} #{r}: {json.loads(path.read_text())['increment_mib']:8.1f} MiB (cached {path.name})")
+                continue
+            spec = {"arm": arm, "dataset": dataset, "profile": profile, "settings": list(settings),
+                    "config": dataclasses.asdict(cfg), "datalist": str(datalists[cfg.dataset]),
+                    "iterations": iterations, "repeat": r, "code_version": code_version(cfg.paradigm),
+                    "out": str(path)}
+            _run_child(spec)
+            got = json.loads(path.read_text())
+            log(f"{arm:>14} #{r}: {got['increment_mib']:8.1f} MiB ({got['iterations']} iterations, {got['method']})")
+    results = {arm: _summary([json.loads(paths[arm, r].read_text()) for r in range(repeats)]) for arm in configs}
     std = results["standard"]["increment_mib"]
-    for r in results.values():
-        r["ratio_to_standard"] = r["increment_mib"] / std if std > 0 else float("nan")
+    for res in results.values():
+        res["ratio_to_standard"] = res["increment_mib"] / std if std > 0 else float("nan")
     return results
+
+
+def _summary(measurements: list[dict]) -> dict:
+    """One arm's result: the median over its repeats of each memory figure, the increments' range and the
+    repeats' own records."""
+    import statistics
+
+    out = {k: v for k, v in measurements[0].items() if k not in ("increment_mib", "peak_mib", "before_mib",
+                                                                 "process_s", "repeat")}
+    for k in ("increment_mib", "peak_mib", "before_mib"):
+        out[k] = statistics.median(m[k] for m in measurements)
+    incs = [m["increment_mib"] for m in measurements]
+    out.update(repeats=len(measurements), increment_min_mib=min(incs), increment_max_mib=max(incs),
+               measurements=measurements)
+    return out
 
 
 def _run_child(spec: dict) -> None:
@@ -291,13 +315,16 @@ def markdown(results: dict[str, dict], profile: Profile, dataset: str, command: 
              f"configuration (its `accuracy.py` trainer, networks, loaders, batch {profile.batch}, "
              f"{profile.size} px), each arm in a fresh process, all in one command. Increment: peak over the "
              "memory in use when training starts (data, networks, optimizers and loaders built), i.e. the training "
-             f"iterations' working memory. Method: {first['method']}.", "",
+             f"iterations' working memory. Method: {first['method']}. Median over {first['repeats']} "
+             "measurement(s) per arm (each a fresh process; the repeats interleaved across the arms), range in "
+             "brackets.", "",
              f"Profile: {profile.describe()}", "",
-             "| arm | paradigm | trained on | iterations | increment MiB | vs standard | peak MiB | at start MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| arm | paradigm | trained on | iterations | increment MiB [range] | vs standard | peak MiB | "
+             "at start MiB |", "|---|---|---|---|---|---|---|---|"]
     for arm, r in results.items():
+        span = f" [{r['increment_min_mib']:.1f}–{r['increment_max_mib']:.1f}]" if r["repeats"] > 1 else ""
         lines.append(f"| {arm} | {r['paradigm']} | {r['trained_dataset']} | {r['iterations']} | "
-                     f"{r['increment_mib']:.1f} | {r['ratio_to_standard']:.2f} | {r['peak_mib']:.1f} | "
+                     f"{r['increment_mib']:.1f}{span} | {r['ratio_to_standard']:.2f} | {r['peak_mib']:.1f} | "
                      f"{r['before_mib']:.1f} |")
     lines += ["", f"Command: `{command}`", "", f"Commit: {commit}", ""]
     return "\n".join(lines)
@@ -332,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", required=True, help="dataset of the rows (ph2, ph2_l25, covid_both, ...)")
     parser.add_argument("--arms", required=True, help="comma-separated arms of accuracy.ARMS (standard is added)")
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="training iterations per arm")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="measurements per arm, each in a fresh process (median reported)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="change a profile field")
     parser.add_argument("--work", default=str(REPO / "data" / "bench"),
                         help="benchmark work folder (converted data; cache in <work>/arm_memory)")
@@ -348,11 +377,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     out = Path(args.out)
-    existing = [p for p in (out / f"arm_memory_{profile.name}_{args.dataset}.{e}" for e in ("json", "md")) if p.exists()]
+    names = (f"arm_memory_{profile.name}_{args.dataset}.{ext}" for ext in ("json", "md"))
+    existing = [out / n for n in names if (out / n).exists()]
     if existing and not args.overwrite:
         parser.error(f"{existing[0]} exists; pass --overwrite to replace it")
     results = measure(args.profile, args.dataset, arms, Path(args.work), iterations=args.iterations,
-                      settings=args.set, data=args.data_dir, use_cache=not args.no_cache)
+                      repeats=args.repeats, settings=args.set, data=args.data_dir, use_cache=not args.no_cache)
     command = "python benchmarks/arm_memory.py " + " ".join(shlex.quote(a) for a in argv)
     js, md = write_report(results, profile, args.dataset, out, command, overwrite=args.overwrite)
     print(f"wrote {js} and {md}")

@@ -26,8 +26,8 @@ maps as after them.
 
 Results are cached per (arm's ``RunConfig`` including the profile's fields and the dataset, the code version of
 its paradigm as ``accuracy_core.code_version`` hashes it, this file and ``peak_memory.py``, iterations, repeat) in
-``<work>/arm_memory/``, so a re-run measures only what is missing. ``<out>/arm_memory_<profile>_<dataset>.{json,md}`` hold the table, the
-command and the commit (rewritten only with ``--overwrite``).
+``<work>/arm_memory/``, so a re-run measures only what is missing. ``<out>/arm_memory_<profile>_<dataset>.{json,md}``
+hold the table, the command and the commit (rewritten only with ``--overwrite``).
 
 Usage::
 

@@ -152,16 +152,21 @@ def _commit(folder: Path) -> str:
     return m.group(1) if m else "unknown"
 
 
-def _memory(results: Path, profile: str, dataset: str) -> dict[str, float]:
-    """Peak training memory (MiB) per arm measured by ``arm_memory.py`` for a profile and dataset, if it ran."""
-    path = results / f"arm_memory_{profile}_{dataset}.json"
-    if not path.is_file():
-        return {}
-    arms = json.loads(path.read_text()).get("arms", {})
-    return {a: float(v["peak_mib"]) for a, v in arms.items() if v.get("peak_mib") is not None}
+def _memory(results: Path, profile: str, datasets: Sequence[str]) -> tuple[dict[str, float], str | None]:
+    """Training working memory (MiB above the level at the start of training, ``arm_memory.py``'s
+    ``increment_mib``) per arm for a profile, and the dataset it was measured on: the first of ``datasets`` with a
+    report, else any report of the profile (every dataset of a profile has the same image size and batch)."""
+    paths = [results / f"arm_memory_{profile}_{ds}.json" for ds in datasets]
+    paths += sorted(results.glob(f"arm_memory_{profile}_*.json"))
+    for path in paths:
+        if path.is_file():
+            d = json.loads(path.read_text())
+            return {a: float(v["increment_mib"]) for a, v in d.get("arms", {}).items()
+                    if v.get("increment_mib") is not None}, d.get("dataset")
+    return {}, None
 
 
-def setting_rows(setting: Setting, runs: list[dict], memory: dict[str, dict[str, float]] | None = None) -> list[dict]:
+def setting_rows(setting: Setting, runs: list[dict], memory: dict[str, float] | None = None) -> list[dict]:
     """One row per dataset, arm and weights kind of a setting's runs: means, stds, paired Dice difference to
     ``standard`` with its raw and Holm-adjusted p (the family: all of the setting's rows but ``standard``'s),
     CPU seconds and peak memory with their ratios to ``standard``."""
@@ -187,7 +192,7 @@ def setting_rows(setting: Setting, runs: list[dict], memory: dict[str, dict[str,
                     row[f"{m}_std"] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan
                 row["train_cpu_s"] = float(np.nanmean([r["train_cpu_s"] for r in cur.values()]))
                 row["cpu_vs_standard"] = row["train_cpu_s"] / base_cpu if base_cpu else math.nan
-                mem = memory.get(ds, {})
+                mem = memory
                 row["peak_mib"] = mem.get(arm, math.nan)
                 row["mem_vs_standard"] = (mem[arm] / mem["standard"]) if arm in mem and mem.get("standard") \
                     else math.nan
@@ -311,16 +316,19 @@ def markdown(blocks: list[tuple[Setting, str, list[dict], str, str | None]], com
            "`standard` on the same seeds, in brackets its two-sided paired t-test p **adjusted by Holm's step-down "
            "method** over every comparison of the setting (all arms ≠ standard × datasets × both weights kinds). "
            "Bold: the best of each column. CPU seconds: training only, per run, mean over datasets; peak MiB: "
-           "`benchmarks/arm_memory.py` (training working memory of the arm's trainer at the profile's batch, "
-           "measured side by side) where it ran for the setting's profile.", ""]
+           "`benchmarks/arm_memory.py`'s training working memory (the peak resident memory of the arm's first training "
+           "iterations above the level at their start, median of 3 fresh processes), where it ran for the setting's profile.", ""]
     for setting, profile, rows, folder, fig in blocks:
         out += [f"## {setting.title}", ""]
         if not rows:
             out += [f"Not run yet (`{folder}` has no runs).", ""]
             continue
         runs_cv = sorted({v for r in rows for v in r["code_versions"].split()})
+        mem = rows[0].get("memory_dataset")
         out += [f"Profile `{profile}`; record `{folder}` (commit `{rows[0]['commit']}`, code versions "
-                f"{', '.join(runs_cv)}).", ""]
+                f"{', '.join(runs_cv)})"
+                + (f"; peak memory measured on `{mem}`" if mem else "; peak memory not measured for this profile")
+                + ".", ""]
         for weights, title in (("final", "final weights"), ("best", "best-validation weights")):
             out += [f"Test, {title}:", "", *_table(setting, rows, weights, seeds), ""]
         if fig:
@@ -344,6 +352,19 @@ def update_benchmarks(path: Path, md: str, figures_rel: str) -> None:
     path.write_text(text)
 
 
+def _measure_memory(setting: Setting, profile: str, dataset: str, args: argparse.Namespace) -> None:
+    """``arm_memory.py`` for the setting's arms on one of its datasets (cached per arm: only what is missing runs),
+    its report rewritten in ``--results``."""
+    import arm_memory  # noqa: E402
+
+    arms = [a for a in setting.arms if a not in arm_memory.ARM_DATASETS or dataset in arm_memory.ARM_DATASETS[a]]
+    results = arm_memory.measure(profile, dataset, arms, Path(args.work), repeats=3, data=args.data_dir)
+    command = (f"python benchmarks/arm_memory.py --profile {profile} --dataset {dataset} --arms {','.join(arms)} "
+               f"--repeats 3 --overwrite")
+    arm_memory.write_report(results, arm_memory.resolve_profile(profile), dataset, Path(args.results), command,
+                            overwrite=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -361,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="leaderboard folder (default benchmarks/results/leaderboard, or leaderboard_gpu with --gpu)")
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"),
                    help="where arm_memory.py's arm_memory_<profile>_<dataset>.json are read")
+    p.add_argument("--no-memory", action="store_true",
+                   help="do not measure peak memory (arm_memory.py) for the settings that train")
     p.add_argument("--update-benchmarks", action="store_true", help="put the leaderboard at the top of BENCHMARKS.md")
     args = p.parse_args(argv)
     chosen = args.settings.split(",")
@@ -395,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in load_runs(folder) if r["seed"] < args.seeds
                 and r["arm"].removesuffix(BEST) in setting.arms]
         datasets = list(dict.fromkeys(r["dataset"] for r in runs))
-        memory = {ds: _memory(Path(args.results), profile, ds) for ds in datasets}
+        if datasets and not args.report_only and not args.no_memory:
+            _measure_memory(setting, profile, datasets[0], args)
+        memory, mem_ds = _memory(Path(args.results), profile, datasets)
         rows = setting_rows(setting, runs, memory)
+        for r in rows:
+            r["memory_dataset"] = mem_ds
         commit = _commit(folder)
         for r in rows:
             r["commit"] = commit
@@ -411,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "leaderboard.md").write_text(md)
     cols = ["setting", "dataset", "arm", "weights", "n_seeds", "seeds", "dice_mean", "dice_std", "hd95_mean",
             "hd95_std", "fuzzy_dice_mean", "fuzzy_dice_std", "n_pairs", "dice_diff", "p", "p_holm", "train_cpu_s",
-            "cpu_vs_standard", "peak_mib", "mem_vs_standard", "commit", "code_versions"]
+            "cpu_vs_standard", "peak_mib", "mem_vs_standard", "memory_dataset", "commit", "code_versions"]
     with open(out / "leaderboard.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()

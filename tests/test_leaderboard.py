@@ -46,7 +46,7 @@ def test_setting_rows_pair_by_seed_and_correct_over_the_setting():
     setting = lb.Setting("x", "X", "injected_noise", None, ("standard", "gce", "clcs"), "short", "gpu")
     runs = _runs()
     runs = [r for r in runs if not (r["arm"] == "gce" and r["dataset"] == "b" and r["seed"] == 4)]  # one run missing
-    rows = lb.setting_rows(setting, runs, {"a": {"standard": 100.0, "gce": 100.0, "clcs": 250.0}})
+    rows = lb.setting_rows(setting, runs, {"standard": 100.0, "gce": 100.0, "clcs": 250.0})
     assert len(rows) == 2 * 2 * 3  # datasets × weights kinds × arms
     cell = {(r["dataset"], r["arm"], r["weights"]): r for r in rows}
     gce_b = cell[("b", "gce", "final")]
@@ -58,7 +58,23 @@ def test_setting_rows_pair_by_seed_and_correct_over_the_setting():
     assert all(r["p_holm"] >= r["p"] for r in compared)
     assert cell[("a", "clcs", "final")]["cpu_vs_standard"] == pytest.approx(3.0)
     assert cell[("a", "clcs", "final")]["mem_vs_standard"] == pytest.approx(2.5)
-    assert math.isnan(cell[("b", "clcs", "final")]["peak_mib"])  # not measured for dataset b
+    assert cell[("b", "clcs", "final")]["peak_mib"] == 250.0  # one measurement per setting (same size and batch)
+    assert math.isnan(lb.setting_rows(setting, runs)[0]["peak_mib"])  # not measured: NaN, shown as "—"
+
+
+def test_memory_reads_the_settings_dataset_first_then_any_of_the_profile(tmp_path):
+    import json
+
+    def report(ds, mib):
+        (tmp_path / f"arm_memory_short_{ds}.json").write_text(json.dumps(
+            {"dataset": ds, "arms": {"standard": {"increment_mib": mib, "peak_mib": 900.0}}}))
+
+    assert lb._memory(tmp_path, "short", ["ph2"]) == ({}, None)
+    report("covid_both", 40.0)
+    assert lb._memory(tmp_path, "short", ["ph2"]) == ({"standard": 40.0}, "covid_both")  # the profile's other dataset
+    report("ph2", 36.0)
+    assert lb._memory(tmp_path, "short", ["ph2"]) == ({"standard": 36.0}, "ph2")  # the working memory, not the process
+    assert lb._memory(tmp_path, "long", ["ph2"]) == ({}, None)
 
 
 def test_markdown_marks_the_best_per_column_and_missing_seeds():
@@ -97,7 +113,7 @@ def test_regeneration_trains_only_what_is_missing(tmp_path, monkeypatch):
     setting = lb.Setting("toy2", "Toy protocol 2", "injected_noise", None, ("standard", "gce"), "toy", "toy")
     monkeypatch.setattr(lb, "SETTINGS", (setting,))
     argv = ["--settings", "toy2", "--seeds", "1", "--work", str(tmp_path / "work"), "--protocols-out",
-            str(tmp_path / "protocols"), "--out", str(tmp_path / "lb"), "--results", str(tmp_path)]
+            str(tmp_path / "protocols"), "--out", str(tmp_path / "lb"), "--results", str(tmp_path), "--no-memory"]
     assert lb.main(argv) == 0
     with open(tmp_path / "lb" / "leaderboard.csv", newline="") as f:
         first = list(csv.DictReader(f))
@@ -121,3 +137,22 @@ def test_unknown_setting_is_rejected(capsys):
     with pytest.raises(SystemExit):
         lb.main(["--settings", "p9", "--report-only"])
     assert "unknown setting(s) ['p9']" in capsys.readouterr().err
+
+
+def test_training_settings_measure_memory_through_arm_memory(tmp_path, monkeypatch):
+    import arm_memory
+
+    calls = []
+
+    def fake_measure(profile, dataset, arms, work, **kw):
+        calls.append((profile, dataset, tuple(arms)))
+        return {a: {"increment_mib": 10.0 * (i + 1), "peak_mib": 500.0, "ratio_to_standard": i + 1.0}
+                for i, a in enumerate(arms)}
+
+    monkeypatch.setattr(arm_memory, "measure", fake_measure)
+    monkeypatch.setattr(arm_memory, "markdown", lambda *a, **k: "")
+    setting = lb.Setting("toy6", "Toy protocol 6", "semisup", None, ("standard", "meanteacher", "full"), "toy", "toy")
+    args = type("A", (), {"work": str(tmp_path), "data_dir": None, "results": str(tmp_path)})()
+    lb._measure_memory(setting, "semi", "covid_semi", args)
+    assert calls == [("semi", "covid_semi", ("standard", "meanteacher"))]  # `full` has no COVID dataset
+    assert lb._memory(tmp_path, "semi", ["covid_semi"]) == ({"standard": 10.0, "meanteacher": 20.0}, "covid_semi")

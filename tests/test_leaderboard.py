@@ -156,3 +156,20 @@ def test_training_settings_measure_memory_through_arm_memory(tmp_path, monkeypat
     lb._measure_memory(setting, "semi", "covid_semi", args)
     assert calls == [("semi", "covid_semi", ("standard", "meanteacher"))]  # `full` has no COVID dataset
     assert lb._memory(tmp_path, "semi", ["covid_semi"]) == ({"standard": 10.0, "meanteacher": 20.0}, "covid_semi")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_every_setting_has_a_profile_with_epochs_for_its_datasets(gpu):
+    import accuracy
+
+    for setting in lb.SETTINGS:
+        profile = ac.PROFILES[setting.gpu_profile if gpu else setting.profile]
+        assert profile.device == ("cuda" if gpu else "cpu")
+        protocol = accuracy.PROTOCOLS[setting.protocol]
+        datasets = setting.datasets or [d for d in protocol.datasets if d != "noise"] + (
+            [f"ph2_{lv.name}" for lv in profile.noise_levels] if "noise" in protocol.datasets else [])
+        for ds in datasets:
+            assert profile.epochs_for(ds) >= 1, (setting.name, ds)
+            if ds.startswith("ph2_dilate"):
+                assert ds[len("ph2_"):] in {lv.name for lv in profile.noise_levels}, (setting.name, ds)
+        assert set(setting.arms) <= set(accuracy.ARMS) and setting.arms[0] == "standard"

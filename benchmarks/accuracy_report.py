@@ -113,6 +113,8 @@ def comparison_rows(runs: list[dict], datasets: Sequence[str], arms: Sequence[st
             if arm == baseline:
                 continue
             cur = g.get((ds, arm), {})
+            if not cur:  # an arm without runs on this dataset (e.g. `full` has no COVID dataset): nothing to compare
+                continue
             seeds = sorted(set(base) & set(cur))
             for m in ("dice", "miou", "hd95", "asd", "fuzzy_dice"):
                 c = paired_comparison([cur[s][m] for s in seeds], [base[s][m] for s in seeds])

@@ -258,6 +258,10 @@ def _fmt(v: float, digits: int = 3) -> str:
     return "—" if v is None or v != v else f"{v:.{digits}f}"
 
 
+def _fmt_p(p: float) -> str:
+    return "—" if p != p else (f"{p:.2f}" if p >= 0.01 else f"{p:.1g}")
+
+
 def _table(setting: Setting, rows: list[dict], weights: str, seeds: int) -> list[str]:
     rows = [r for r in rows if r["weights"] == weights]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -294,7 +298,7 @@ def _table(setting: Setting, rows: list[dict], weights: str, seeds: int) -> list
                 cells.append(txt)
                 if m == "dice":
                     cells.append("" if a == "standard" else
-                                 f"{r['dice_diff']:+.3f} ({_fmt(r.get('p_holm', math.nan), 2)})")
+                                 f"{r['dice_diff']:+.3f} ({_fmt_p(r.get('p_holm', math.nan))})")
         cpu = [cell[(ds, a)] for ds in datasets if (ds, a) in cell]
         cpu_s = np.nanmean([r["train_cpu_s"] for r in cpu])
         cpu_txt = f"{cpu_s:.0f} ({np.nanmean([r['cpu_vs_standard'] for r in cpu]):.1f}×)"

@@ -146,6 +146,21 @@ def load_runs(folder: Path) -> list[dict]:
     return rows
 
 
+def _record_folders(folder: Path, setting: Setting, profile: str, protocols_out: Path) -> list[Path]:
+    """The ``accuracy.py`` records of a setting: its own folder when it has runs, else, for a setting on the
+    protocol's own datasets, the per-dataset records of a protocol run in parts (``--datasets D`` one at a time)."""
+    if (folder / "runs.csv").is_file() or setting.datasets:
+        return [folder] if (folder / "runs.csv").is_file() else []
+    import accuracy  # noqa: E402
+    from accuracy_profiles import PROFILES
+
+    protocol = accuracy.PROTOCOLS[setting.protocol]
+    datasets = [d for d in protocol.datasets if d != "noise"] + (
+        [f"ph2_{lv.name}" for lv in PROFILES[profile].noise_levels] if "noise" in protocol.datasets else [])
+    parts = [protocols_out / accuracy.result_folder(setting.protocol, profile, [ds]) for ds in datasets]
+    return [f for f in parts if (f / "runs.csv").is_file()]
+
+
 def _commit(folder: Path) -> str:
     readme = folder / "README.md"
     m = re.search(r"- Commit: `([^`]*)`", readme.read_text()) if readme.is_file() else None
@@ -325,11 +340,12 @@ def markdown(blocks: list[tuple[Setting, str, list[dict], str, str | None]], com
     for setting, profile, rows, folder, fig in blocks:
         out += [f"## {setting.title}", ""]
         if not rows:
-            out += [f"Not run yet (`{folder}` has no runs).", ""]
+            out += [f"Not run yet ({folder} has no runs).", ""]
             continue
         runs_cv = sorted({v for r in rows for v in r["code_versions"].split()})
         mem = rows[0].get("memory_dataset")
-        out += [f"Profile `{profile}`; record `{folder}` (commit `{rows[0]['commit']}`, code versions "
+        commits = ", ".join(f"`{c[:7]}`" for c in dict.fromkeys(r["commit"] for r in rows))
+        out += [f"Profile `{profile}`; record(s) {folder} (commit(s) {commits}, code versions of the runs "
                 f"{', '.join(runs_cv)})"
                 + (f"; peak memory measured on `{mem}`" if mem else "; peak memory not measured for this profile")
                 + ".", ""]
@@ -419,8 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             if rc:
                 print(f"setting {setting.name}: accuracy.py exited with {rc}", file=sys.stderr)
                 return rc
-        runs = [r for r in load_runs(folder) if r["seed"] < args.seeds
-                and r["arm"].removesuffix(BEST) in setting.arms]
+        folders = _record_folders(folder, setting, profile, protocols_out)
+        runs = [dict(r, commit=_commit(f)) for f in folders for r in load_runs(f)
+                if r["seed"] < args.seeds and r["arm"].removesuffix(BEST) in setting.arms]
         datasets = list(dict.fromkeys(r["dataset"] for r in runs))
         if datasets and not args.report_only and not args.no_memory:
             _measure_memory(setting, profile, datasets[0], args)
@@ -428,13 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = setting_rows(setting, runs, memory)
         for r in rows:
             r["memory_dataset"] = mem_ds
-        commit = _commit(folder)
+        commits = {r["dataset"]: r["commit"] for r in runs}
         for r in rows:
-            r["commit"] = commit
+            r["commit"] = commits[r["dataset"]]
         out.mkdir(parents=True, exist_ok=True)
         fig = f"{setting.name}.png" if runs and plot_setting(out / f"{setting.name}.png", setting, runs) else None
-        rel = folder.resolve().relative_to(REPO) if folder.resolve().is_relative_to(REPO) else folder
-        blocks.append((setting, profile, rows, str(rel), fig))
+        rel = [str(f.resolve().relative_to(REPO) if f.resolve().is_relative_to(REPO) else f) for f in folders]
+        blocks.append((setting, profile, rows, ", ".join(f"`{x}`" for x in rel) or f"`{folder}`", fig))
         all_rows += rows
     cmd = "python benchmarks/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:])
     md = markdown(blocks, cmd.strip(), args.seeds)

@@ -83,9 +83,9 @@ def test_markdown_marks_the_best_per_column_and_missing_seeds():
     rows = lb.setting_rows(setting, _runs(seeds=3))
     for r in rows:
         r["commit"] = "c0ffee"
-    md = lb.markdown([(setting, "short", rows, "benchmarks/results/accuracy/x", "x.png"),
-                      (lb.SETTINGS[0], "short", [], "benchmarks/results/accuracy/none", None)], "cmd", seeds=5)
-    assert "## Setting X" in md and "commit `c0ffee`" in md and "![x](x.png)" in md
+    md = lb.markdown([(setting, "short", rows, "`benchmarks/results/accuracy/x`", "x.png"),
+                      (lb.SETTINGS[0], "short", [], "`benchmarks/results/accuracy/none`", None)], "cmd", seeds=5)
+    assert "## Setting X" in md and "`c0ffee`" in md and "![x](x.png)" in md
     assert "Not run yet" in md  # a setting without runs is listed, not dropped
     tables = [ln for ln in md.splitlines() if ln.startswith("| clcs")]
     assert len(tables) == 2  # final and best-validation weights
@@ -173,3 +173,23 @@ def test_every_setting_has_a_profile_with_epochs_for_its_datasets(gpu):
             if ds.startswith("ph2_dilate"):
                 assert ds[len("ph2_"):] in {lv.name for lv in profile.noise_levels}, (setting.name, ds)
         assert set(setting.arms) <= set(accuracy.ARMS) and setting.arms[0] == "standard"
+
+
+def test_report_reads_a_protocol_run_in_parts(tmp_path):
+    cols = ["dataset", "arm", "seed", "weights", "dice", "hd95", "fuzzy_dice", "train_cpu_s", "code_version"]
+    for ds, commit in (("ph2_l25", "aaaaaaa1"), ("covid_semi", "bbbbbbb2")):
+        folder = tmp_path / f"semisup_semi_{ds}"
+        folder.mkdir()
+        (folder / "README.md").write_text(f"- Commit: `{commit}`; code version\n")
+        with open(folder / "runs.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for r in _runs(datasets=(ds,), arms=("standard", "meanteacher"), seeds=2):
+                w.writerow({**{k: r[k] for k in cols if k in r}, "weights": "best" if "@" in r["arm"] else "final"})
+    assert lb.main(["--settings", "p6", "--report-only", "--protocols-out", str(tmp_path), "--out",
+                    str(tmp_path / "lb"), "--results", str(tmp_path)]) == 0
+    with open(tmp_path / "lb" / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["dataset"], r["commit"]) for r in rows} == {("ph2_l25", "aaaaaaa1"), ("covid_semi", "bbbbbbb2")}
+    md = (tmp_path / "lb" / "leaderboard.md").read_text()
+    assert "semisup_semi_ph2_l25" in md and "semisup_semi_covid_semi" in md and "`aaaaaaa`, `bbbbbbb`" in md

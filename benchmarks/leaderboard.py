@@ -349,6 +349,12 @@ def markdown(blocks: list[tuple[Setting, str, list[dict], str, str | None]], com
                 f"{', '.join(runs_cv)})"
                 + (f"; peak memory measured on `{mem}`" if mem else "; peak memory not measured for this profile")
                 + ".", ""]
+        missing = [a for a in setting.arms if not any(r["arm"] == a for r in rows)]
+        short = sorted({r["dataset"] for r in rows if r["n_seeds"] < seeds})
+        status = ("complete" if not missing and not short else
+                  "**incomplete**" + (f": arms not run {', '.join(f'`{a}`' for a in missing)}" if missing else "")
+                  + (f"{';' if missing else ':'} fewer than {seeds} seeds on {', '.join(short)}" if short else ""))
+        out += [f"Status: {status}.", ""]
         for weights, title in (("final", "final weights"), ("best", "best-validation weights")):
             out += [f"Test, {title}:", "", *_table(setting, rows, weights, seeds), ""]
         if fig:

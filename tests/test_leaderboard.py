@@ -92,6 +92,7 @@ def test_markdown_marks_the_best_per_column_and_missing_seeds():
     # clcs has the highest Dice and fuzzy Dice and the lowest HD95 in both datasets: 3 bold cells per dataset
     assert all(ln.count("**") == 2 * 3 * 2 for ln in tables)
     assert "(n=3)" in md  # fewer seeds than the goal are marked
+    assert "Status: **incomplete**: arms not run `trinet`; fewer than 5 seeds on a, b." in md
     assert not any(ln.startswith("| trinet") for ln in md.splitlines())  # an arm without runs gets no row
 
 

@@ -207,10 +207,9 @@ def setting_rows(setting: Setting, runs: list[dict], memory: dict[str, float] | 
                     row[f"{m}_std"] = float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else math.nan
                 row["train_cpu_s"] = float(np.nanmean([r["train_cpu_s"] for r in cur.values()]))
                 row["cpu_vs_standard"] = row["train_cpu_s"] / base_cpu if base_cpu else math.nan
-                mem = memory
-                row["peak_mib"] = mem.get(arm, math.nan)
-                row["mem_vs_standard"] = (mem[arm] / mem["standard"]) if arm in mem and mem.get("standard") \
-                    else math.nan
+                row["peak_mib"] = memory.get(arm, math.nan)
+                row["mem_vs_standard"] = (memory[arm] / memory["standard"]) if arm in memory and \
+                    memory.get("standard") else math.nan
                 row["code_versions"] = " ".join(sorted({r.get("code_version", "") for r in cur.values()}))
                 if arm != "standard":
                     seeds = sorted(set(cur) & set(base))

@@ -58,7 +58,6 @@ import dataclasses
 import json
 import math
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import provenance  # noqa: E402
 from accuracy_core import (  # noqa: E402
     DALE_STATS,
     LABELED_FRACTIONS,
@@ -211,18 +211,8 @@ def result_folder(protocol: str, profile: str, datasets: Sequence[str] | None = 
     return f"{protocol}_{profile}{suffix}" + "".join("_" + item.replace("=", "-") for item in sets)
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def _commit() -> str:
-    head = _git("rev-parse", "HEAD") or "unknown"
-    dirty = _git("status", "--porcelain", "--", "dale_monai", "data_prep", "benchmarks",
-                 ":(exclude)benchmarks/results")  # the results being written are not the code
-    return head + (" (with uncommitted changes in dale_monai/, data_prep/ or benchmarks/)" if dirty else "")
+    return provenance.commit_label()
 
 
 def _noise_level(work: Path, dataset: str) -> float:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ if str(REPO / "benchmarks") not in sys.path:
     sys.path.insert(0, str(REPO / "benchmarks"))
 
 from accuracy_core import _data_prep, data_dir, prepare_dataset  # noqa: E402
+import provenance  # noqa: E402
 
 from dale_monai.audit import LabelAudit  # noqa: E402
 
@@ -133,12 +133,8 @@ def _fmt(x: float) -> str:
 
 
 def code_commit() -> str:
-    """The checked-out commit, with ``+changes`` when tracked files differ from it (read when the run starts)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
-    return commit + ("+changes" if dirty else "")
+    """The checked-out commit, with a note when the code differs from it (read when the run starts)."""
+    return provenance.commit_label(short=True)
 
 
 def write_report(path: Path, results: dict, args: argparse.Namespace, command: str, commit: str) -> None:

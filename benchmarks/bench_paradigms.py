@@ -31,7 +31,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,10 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), not run as a script
+    sys.path.insert(0, str(REPO / "benchmarks"))
 
+import provenance  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
@@ -142,13 +144,6 @@ class Stepper:
         self.trainer.run()
 
 
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -186,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     base = median.get("standard")
     results = {
         "command": "python " + " ".join([Path(__file__).relative_to(REPO).as_posix(), *(argv or sys.argv[1:])]),
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--", "dale_monai")),
+        "commit": provenance.commit(short=True),
+        "dirty": provenance.code_changed(("dale_monai",)),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)",
         "bundle": "synthetic2d_unet", "image": [size, size], "batch": settings["batch"], "rounds": args.rounds,
         "seconds_per_iteration": median, "ratio_to_standard": {k: v / base for k, v in median.items()} if base else {},

@@ -62,7 +62,10 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
+if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), not run as a script
+    sys.path.insert(0, str(REPO / "benchmarks"))
 
+import provenance  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
@@ -542,13 +545,6 @@ def time_backbone(args: argparse.Namespace, backbone: str, variants: list[str], 
 # --------------------------------------------------------------------------------------------- report
 
 
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def environment(args: argparse.Namespace, argv: list[str]) -> dict:
     import ignite
     import monai
@@ -561,8 +557,8 @@ def environment(args: argparse.Namespace, argv: list[str]) -> dict:
         pass
     return {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/bench_speed.py", *argv]),
-        "commit": _git("rev-parse", "HEAD"),
-        "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": provenance.commit(),
+        "worktree_dirty": provenance.code_changed(),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -43,6 +43,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), not run as a script
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+import provenance  # noqa: E402
 BUNDLE = "covid_multiclass_unet"
 
 __all__ = ["ARMS", "PROFILES", "Profile", "main"]
@@ -214,13 +218,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "dale_monai", "data_prep", "benchmarks",
-                                "bundles", "scripts"], cwd=REPO, capture_output=True, text=True, check=True)
-        return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return provenance.commit_label()
 
 
 def _fmt(mean: float, std: float) -> str:

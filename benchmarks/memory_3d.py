@@ -40,16 +40,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), not run as a script
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+import provenance  # noqa: E402
 BUNDLE = REPO / "bundles" / "synthetic3d_unet" / "configs"
 VARIANTS = ("standard", "dale")
 GIB = 1024 ** 3
-
-
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _status_kib(field: str) -> int | None:
@@ -222,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_prep.synthetic import make_synthetic_dataset
 
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+    commit, dirty = provenance.commit(), provenance.code_changed()
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "train.json"))
     batch_volumes, num_samples = int(parser["batch_size"]), int(parser["patch"]["num_samples"])

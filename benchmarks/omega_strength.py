@@ -34,7 +34,6 @@ import copy
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_core import PROFILES, REPO, DataMissing, Profile, data_dir, load_split, prepare_dataset  # noqa: E402
+import provenance  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.data import DataLoader, Dataset  # noqa: E402
 from monai.networks.nets import UNet  # noqa: E402
@@ -209,13 +209,6 @@ def run_level(profile: Profile, datalist: Path, snapshots: list[int], eval_batch
     return level
 
 
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _f(x: float, spec: str = ".3f") -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, spec)
 
@@ -303,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "environment": {
             "command": " ".join(shlex.quote(a) for a in [sys.executable, "benchmarks/omega_strength.py", *argv]),
-            "commit": _git("rev-parse", "HEAD"),
-            "worktree_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+            "commit": provenance.commit(),
+            "worktree_dirty": provenance.code_changed(),
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -38,6 +38,7 @@ from scipy.stats import rankdata
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from accuracy_core import PROFILES, REPO, DataMissing, data_dir, load_split, prepare_dataset  # noqa: E402
+import provenance  # noqa: E402
 
 from dale_monai.partition import BAND_PROFILES, ENTROPY_FORMS, fuzzy_masks_batch  # noqa: E402
 
@@ -150,14 +151,7 @@ def _noise_level(datalist: Path) -> str:
 
 
 def _commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "dale_monai", "benchmarks/partition_noise.py"],
-                               cwd=REPO).returncode
-        return sha + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return provenance.commit_label(short=True, paths=("dale_monai", "benchmarks/partition_noise.py"))
 
 
 def _meets(st: dict, which: str = "fuzzy") -> bool:

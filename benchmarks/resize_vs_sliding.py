@@ -35,21 +35,17 @@ import csv
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), not run as a script
+    sys.path.insert(0, str(REPO / "benchmarks"))
+
+import provenance  # noqa: E402
 BUNDLE = REPO / "bundles" / "synthetic3d_unet" / "configs"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dale_monai" / "resize_vs_sliding"
-
-
-def _git(*cmd: str) -> str:
-    try:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -166,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     # the code that runs is the code at the start, whatever is committed while it runs
-    commit, dirty = _git("rev-parse", "HEAD"), bool(_git("status", "--porcelain", "--untracked-files=no"))
+    commit, dirty = provenance.commit(), provenance.code_changed()
     cache = args.cache.expanduser().resolve()
     data = cache / f"data_{args.size}x{args.depth}_seed{args.seed}"
     summary = make_synthetic_dataset(data, dims=3, realistic=True, size=args.size, depth=args.depth,

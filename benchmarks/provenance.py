@@ -1,0 +1,54 @@
+"""Where a benchmark's numbers came from: the checked-out commit and whether the code differed from it.
+
+Every benchmark writes the commit its results were measured at. Read it **when the run starts** (the code that
+runs is the code at the start, whatever is committed while it runs) and count as "uncommitted" only changes to
+the code (:data:`CODE_PATHS`), tracked or new: the results being written (``benchmarks/results``), the data, a
+symlinked virtual environment or editor files in the checkout are not the code.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+__all__ = ["CODE_PATHS", "git", "commit", "code_changed", "commit_label"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the folders whose content decides a benchmark's result (the library, the converters, the benchmarks, bundles)
+CODE_PATHS: tuple[str, ...] = ("dale_monai", "data_prep", "benchmarks", "bundles", "scripts")
+#: inside CODE_PATHS but written by the benchmarks themselves
+_NOT_CODE: tuple[str, ...] = ("benchmarks/results",)
+
+
+def git(*args: str, repo: Path = REPO) -> str:
+    """``git <args>`` in ``repo``; its stripped stdout, or ``""`` when git or the repository is missing."""
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def commit(short: bool = False, repo: Path = REPO) -> str:
+    """The checked-out commit (40 hex digits, or 7+ with ``short``), ``"unknown"`` outside a git checkout."""
+    return git("rev-parse", *(["--short"] if short else []), "HEAD", repo=repo) or "unknown"
+
+
+def code_changed(paths: tuple[str, ...] = CODE_PATHS, repo: Path = REPO) -> bool:
+    """Whether files under ``paths`` differ from the commit: modified, staged, deleted or new (not ignored).
+
+    Args:
+        paths: folders or files relative to the repository root; ``benchmarks/results`` is always excluded.
+        repo: the repository root.
+    """
+    excludes = [f":(exclude){p}" for p in _NOT_CODE]
+    return bool(git("status", "--porcelain", "--", *paths, *excludes, repo=repo))
+
+
+def commit_label(short: bool = False, paths: tuple[str, ...] = CODE_PATHS, repo: Path = REPO) -> str:
+    """The commit as a report states it: ``"<sha>"``, or ``"<sha> (with uncommitted changes in dale_monai/, ...)"``
+    when :func:`code_changed`."""
+    sha = commit(short, repo)
+    if sha != "unknown" and code_changed(paths, repo):
+        return f"{sha} (with uncommitted changes in {', '.join(paths)})"
+    return sha

@@ -6,8 +6,9 @@ One command trains what the cache lacks and rebuilds the whole comparison:
 - **Settings** (:data:`SETTINGS`): protocols 1-3 of ``accuracy.py`` (real noisy COVID labels, injected PH2 noise,
   clean labels) in the ``short`` profile, the DALE issue's noisy-label profile ``long`` on its two datasets, and the
   semi-supervised protocol 6 in the ``semi`` profile. Every noisy-label arm of :data:`NOISY_ARMS` runs on the first
-  five settings (the ``long`` ones also DALE without L_W, :data:`LONG_ARMS`), every semi-supervised arm of :data:`SEMI_ARMS` on the sixth; all arms of a setting share seeds,
-  network, loss, optimizer, budget, data order and initialisation (``accuracy_core.train_and_evaluate``).
+  five settings (the ``long`` ones also DALE without L_W, :data:`LONG_ARMS`), every semi-supervised arm of
+  :data:`SEMI_ARMS` on the sixth; all arms of a setting share seeds, network, loss, optimizer, budget, data order
+  and initialisation (``accuracy_core.train_and_evaluate``).
 - **Training** goes through ``accuracy.main`` per setting, which caches every run by configuration and code version
   under ``--work``: killed halfway, the same command trains only what is missing. Each setting also writes its
   full ``accuracy.py`` record (per-protocol README, ``runs.csv``, curves, figures) to ``--protocols-out``.
@@ -54,8 +55,8 @@ from accuracy_report import paired_comparison  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["NOISY_ARMS", "LONG_ARMS", "SEMI_ARMS", "SETTINGS", "Setting", "holm", "load_runs", "setting_rows", "markdown",
-           "main"]
+__all__ = ["NOISY_ARMS", "LONG_ARMS", "SEMI_ARMS", "SETTINGS", "Setting", "holm", "load_runs", "setting_rows",
+           "markdown", "main"]
 
 #: every noisy-label arm (``accuracy.ARMS``): standard training, DALE as the paper prints it, as the bundles ship
 #: it, with the fast ω, the robust losses, co-teaching, TriNet, MW-Net and CLCS
@@ -334,12 +335,13 @@ def markdown(blocks: list[tuple[Setting, str, list[dict], str, str | None]], com
            f"Built by `{command}` from the records named below (each with its commit and the code version of its runs: "
            "a hash of the training sources, part of every run's cache key). Test metrics on each dataset's test "
            "section; HD95 in pixels at the profile's resolution; fuzzy Dice inside the fuzzy region of the test "
-           f"image. Mean ± std over seeds (goal: {seeds} seeds; fewer are marked n=…). Δ Dice: paired difference to "
-           "`standard` on the same seeds, in brackets its two-sided paired t-test p **adjusted by Holm's step-down "
+           f"image. Mean ± std over seeds (goal: {seeds} seeds; fewer are marked n=…). Δ Dice: paired difference "
+           "to `standard` on the same seeds, in brackets its two-sided paired t-test p **adjusted by Holm's step-down "
            "method** over every comparison of the setting (all arms ≠ standard × datasets × both weights kinds). "
            "Bold: the best of each column. CPU seconds: training only, per run, mean over datasets; peak MiB: "
-           "`benchmarks/arm_memory.py`'s training working memory (the peak resident memory of the arm's first training "
-           "iterations above the level at their start, median of 3 fresh processes), where it ran for the setting's profile.", ""]
+           "`benchmarks/arm_memory.py`'s training working memory (the peak resident memory of the arm's first "
+           "training iterations above the level at their start, median of 3 fresh processes), where it ran for the "
+           "setting's profile.", ""]
     for setting, profile, rows, folder, fig in blocks:
         out += [f"## {setting.title}", ""]
         if not rows:

@@ -1,9 +1,9 @@
 """Where a benchmark's numbers came from: the checked-out commit and whether the code differed from it.
 
-Every benchmark writes the commit its results were measured at. Read it **when the run starts** (the code that
-runs is the code at the start, whatever is committed while it runs) and count as "uncommitted" only changes to
-the code (:data:`CODE_PATHS`), tracked or new: the results being written (``benchmarks/results``), the data, a
-symlinked virtual environment or editor files in the checkout are not the code.
+Every benchmark writes the commit its results were measured at, and says so when the code differed from it.
+Only changes to the code (:data:`CODE_PATHS`), tracked or new, count: the results being written
+(``benchmarks/results``), the data, a symlinked virtual environment or editor files in the checkout are not the
+code.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def code_changed(paths: tuple[str, ...] = CODE_PATHS, repo: Path = REPO) -> bool
 
 
 def commit_label(short: bool = False, paths: tuple[str, ...] = CODE_PATHS, repo: Path = REPO) -> str:
-    """The commit as a report states it: ``"<sha>"``, or ``"<sha> (with uncommitted changes in dale_monai/, ...)"``
-    when :func:`code_changed`."""
+    """The commit as a report states it: ``"<sha>"``, or ``"<sha> (with uncommitted changes in <paths>)"`` (``paths``
+    joined by ", ") when :func:`code_changed`."""
     sha = commit(short, repo)
     if sha != "unknown" and code_changed(paths, repo):
         return f"{sha} (with uncommitted changes in {', '.join(paths)})"

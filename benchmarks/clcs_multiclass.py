@@ -22,8 +22,9 @@ Usage::
 
 Outputs in ``<out>/clcs_multiclass_<profile>/``: ``runs.csv`` (one row per run), ``summary.csv`` (mean ± std
 over seeds), ``README.md`` (tables, the noise level per class, profile, commit, commands). Converted data and the
-runs go to ``--work`` (default ``<repo>/data/bench``, gitignored); a finished run (its test summary and the exact
-command that made it) is reused unless ``--no-cache``.
+runs go to ``--work`` (default ``<repo>/data/bench``, gitignored); a finished run (its test summary, the exact
+command that made it and the hash of the code it ran, :data:`RUN_CODE`) is reused unless ``--no-cache`` or the
+command or that code changed.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ if str(REPO / "benchmarks") not in sys.path:  # imported by file path (tests), n
 
 import provenance  # noqa: E402
 BUNDLE = "covid_multiclass_unet"
+#: the code a run executes (``provenance.source_hash``): the library, the converters and the bundle's configs
+RUN_CODE: tuple[str, ...] = ("dale_monai", "data_prep", f"bundles/{BUNDLE}/configs")
 
-__all__ = ["ARMS", "PROFILES", "Profile", "main"]
+__all__ = ["ARMS", "PROFILES", "RUN_CODE", "Profile", "main"]
 
 #: arm → overlay on the bundle's train.json (None: train.json itself, i.e. DALE as the bundles ship it)
 ARMS: dict[str, str | None] = {
@@ -161,7 +164,8 @@ def commands(arm: str, seed: int, root: Path, dataset: Path, profile: Profile) -
 def run_one(arm: str, seed: int, runs: Path, dataset: Path, profile: Profile, use_cache: bool) -> dict:
     """Train and evaluate one (arm, seed), or reuse its finished result; returns its runs.csv row."""
     cmds = commands(arm, seed, runs / f"{arm}_seed{seed}", dataset, profile)
-    key = hashlib.sha1(json.dumps([c[1:] for c in cmds]).encode()).hexdigest()[:12]
+    code = provenance.source_hash(RUN_CODE)
+    key = hashlib.sha1(json.dumps([code, [c[1:] for c in cmds]]).encode()).hexdigest()[:12]
     root = runs / f"{arm}_seed{seed}"
     done = root / "run.json"
     summary_path = root / "eval" / "test_summary.json"
@@ -169,7 +173,7 @@ def run_one(arm: str, seed: int, runs: Path, dataset: Path, profile: Profile, us
         done.unlink(missing_ok=True)
         _run(cmds[0], root / "train.log")
         _run(cmds[1], root / "evaluate.log")
-        done.write_text(json.dumps({"key": key, "commands": [shlex.join(c) for c in cmds]}, indent=1))
+        done.write_text(json.dumps({"key": key, "code": code, "commands": [shlex.join(c) for c in cmds]}, indent=1))
     summary = json.loads(summary_path.read_text())
     row = {"arm": arm, "seed": seed, "cases": summary.get("cases", 0)}
     for metric in ("dice", "miou", "hd95", "asd", *(f"dice_{c}" for c in CLASSES)):
@@ -229,6 +233,8 @@ def write_readme(path: Path, argv: list[str], profile: Profile, noise_report: di
                  minority: int, rows: list[dict]) -> None:
     lines = [f"# CLCS on multi-class COVID-SemiSeg with injected class_boundary noise (`{profile.name}`)", "",
              f"Command: `python benchmarks/clcs_multiclass.py {shlex.join(argv)}`  ", f"Commit: `{_commit()}`  ",
+             f"Code the runs executed (`provenance.source_hash` of {', '.join(RUN_CODE)}): "
+             f"`{provenance.source_hash(RUN_CODE)}`  ",
              f"Profile overrides of every run: `{json.dumps(profile.overrides)}`; validation share "
              f"{profile.val_fraction:g}.", "", "## Noise of the training labels (measured, `noise_report.json`)", "",
              "| class | clean pixels | relabelled | to | Dice noisy vs clean |", "|---|---|---|---|---|"]

@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import accuracy  # noqa: E402
 import accuracy_core as ac  # noqa: E402
 import clcs_multiclass  # noqa: E402
+import provenance  # noqa: E402
 from test_accuracy_smoke import _fake_ph2  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def test_clcs_arm_of_the_accuracy_benchmark(tmp_path, monkeypatch):
     assert 0 <= record["metrics"]["dice"] <= 1 and set(weights) == {"final", "best"}
 
 
-def test_clcs_multiclass_toy_writes_tables_and_reuses_runs(tmp_path, capsys):
+def test_clcs_multiclass_toy_writes_tables_and_reuses_runs(tmp_path, capsys, monkeypatch):
     data = tmp_path / "data"
     make_covid_tree(data / "covid_semiseg", n_doctor=1, n_pseudo=1, n_test=1, n_mc=6)
     out, work = tmp_path / "out", tmp_path / "work"
@@ -83,6 +84,18 @@ def test_clcs_multiclass_toy_writes_tables_and_reuses_runs(tmp_path, capsys):
     assert clcs_multiclass.main(argv) == 0
     assert {d.name: (d / "run.json").stat().st_mtime_ns for d in run_dirs} == stamps
     assert _read(res / "runs.csv") == runs
+    code = provenance.source_hash(clcs_multiclass.RUN_CODE)
+    assert {json.loads((d / "run.json").read_text())["code"] for d in run_dirs} == {code}
+    assert f"`{code}`" in (res / "README.md").read_text()
+    # changed training code reruns a run's commands, even unchanged ones (recorded here, not run: training is
+    # what the first call tested)
+    ran = []
+    monkeypatch.setattr(clcs_multiclass, "_run", lambda cmd, log=None: ran.append(cmd))
+    monkeypatch.setattr(provenance, "source_hash", lambda paths, repo=None: "0" * 12)
+    runs_dir = run_dirs[0].parent  # <work>/clcs_multiclass_runs/<profile>/<dataset>
+    clcs_multiclass.run_one("clcs", 1, runs_dir, work / runs_dir.name, clcs_multiclass.PROFILES["toy"], True)
+    assert len(ran) == 2 and "training" in ran[0] and "evaluating" in ran[1]
+    assert json.loads((runs_dir / "clcs_seed1" / "run.json").read_text())["code"] == "0" * 12
 
 
 def test_clcs_multiclass_skips_without_data_and_refuses_unknown_arms(tmp_path, capsys):

@@ -87,6 +87,7 @@ def test_markdown_marks_the_best_per_column_and_missing_seeds():
                       (lb.SETTINGS[0], "short", [], "`benchmarks/results/accuracy/none`", None)], "cmd", seeds=5)
     assert "## Setting X" in md and "`c0ffee`" in md and "![x](x.png)" in md
     assert "Not run yet" in md  # a setting without runs is listed, not dropped
+    assert "`python benchmarks/leaderboard.py --gpu`" in md  # the GPU regeneration is one option away, and says so
     tables = [ln for ln in md.splitlines() if ln.startswith("| clcs")]
     assert len(tables) == 2  # final and best-validation weights
     # clcs has the highest Dice and fuzzy Dice and the lowest HD95 in both datasets: 3 bold cells per dataset

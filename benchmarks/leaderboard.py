@@ -342,9 +342,10 @@ def markdown(blocks: list[tuple[Setting, str, list[dict], str, str | None]], com
            "`benchmarks/arm_memory.py`'s training working memory (the peak resident memory of the arm's first "
            "training iterations above the level at their start, median of 3 fresh processes), where it ran for the "
            "setting's profile. The same leaderboard with the paper's settings on a GPU: "
-           "`python benchmarks/leaderboard.py --gpu` (every setting's GPU profile of `benchmarks/accuracy_profiles.py`: "
-           "`gpu`, 224 px, batch 24, Adam 3e-4, 50-200 epochs; `gpu_semi` for protocol 6), written to "
-           "`benchmarks/results/leaderboard_gpu` and resumed from the run cache the same way.", ""]
+           "`python benchmarks/leaderboard.py --gpu` (every setting's GPU profile in "
+           "`benchmarks/accuracy_profiles.py`: `gpu`, 224 px, batch 24, Adam 3e-4, 50-200 epochs; `gpu_semi` for "
+           "protocol 6), written to `benchmarks/results/leaderboard_gpu` and resumed from the run cache the same way.",
+           ""]
     for setting, profile, rows, folder, fig in blocks:
         out += [f"## {setting.title}", ""]
         if not rows:
